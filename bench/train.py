@@ -1,0 +1,245 @@
+"""Training data path benchmark (issue 6).
+
+Measures, in one run:
+- bytes per example: in Redis (compressed blob per game) and on disk (.npz chunk),
+  next to the protobuf size with NUMPY arrays;
+- ingest: examples per second stored by two producer processes calling add_game;
+- drain: examples per second moved from Redis to the on-disk dataset (with archives);
+- window_1m_load_s: loading the newest 2**20 examples of a synthetic on-disk dataset;
+- train_samples_per_s: the real trainer (chunks on disk -> window -> prefetched batches
+  -> model step, training.train_checkpoint) vs bare_samples_per_s: the same model step
+  on tensors already in memory; ratio = train / bare. Bare steps run before and after
+  the trainer and are averaged, so drift in machine load hits both.
+
+Last line: one JSON object. --quick: batch 64 instead of 4096 (batch_size in the JSON),
+fewer games and steps. The machine's other load shows in the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hexz_tasks import codec, hexz_pb2, synthetic
+from hexz_tasks.dataset import Dataset
+from hexz_tasks.keys import Keys
+from hexz_tasks.settings import Settings
+from hexz_tasks.store import DEFAULT_REDIS_URL, ExampleStore
+
+WINDOW = 1 << 20
+CHUNK = 1 << 16
+
+
+def make_games(n: int, seed: int) -> list[list[hexz_pb2.TrainingExample]]:
+    rng = np.random.default_rng(seed)
+    return [synthetic.game_examples(rng, runs=800) for _ in range(n)]
+
+
+def sizes(games: list[list[hexz_pb2.TrainingExample]], tmp: Path) -> dict[str, float]:
+    n = sum(map(len, games))
+    proto = sum(len(e.SerializeToString()) for g in games for e in g)
+    blobs = sum(len(codec.to_blob(codec.encode_examples(g, "bench"))) for g in games)
+    ds = Dataset(tmp / "sizes")
+    chunk = ds.append(codec.concat([codec.encode_examples(g, "b") for g in games]), None)
+    return {
+        "bytes_per_example": round(blobs / n, 1),
+        "bytes_per_example_disk": round(chunk.path.stat().st_size / n, 1),
+        "proto_bytes_per_example": round(proto / n, 1),
+    }
+
+
+def _producer(
+    url: str, prefix: str, path: str, start_at: float, seconds: float, q: mp.Queue
+) -> None:
+    import redis
+
+    games = [
+        list(hexz_pb2.AddTrainingExamplesRequest.FromString(b).examples)
+        for b in np.load(path, allow_pickle=False)["games"]
+    ]
+    store = ExampleStore(redis.Redis.from_url(url), Keys(prefix), max_pending=10**8)
+    pid = os.getpid()
+    while time.time() < start_at:
+        time.sleep(0.001)
+    added, i = 0, 0
+    cpu0 = time.process_time()
+    while time.time() < start_at + seconds:
+        added += store.add_game(f"{pid}-{i}", games[i % len(games)])
+        i += 1
+    q.put((added, time.time(), time.process_time() - cpu0))
+
+
+def ingest(url: str, games: list, seconds: float, tmp: Path) -> dict[str, float]:
+    """Two producer processes store games for `seconds`; then one drain of all of it."""
+    import redis
+
+    path = tmp / "games.npz"
+    blobs = [hexz_pb2.AddTrainingExamplesRequest(examples=g).SerializeToString() for g in games]
+    np.savez(path, games=np.array(blobs, dtype=bytes))
+    prefix = f"hexzbench-{uuid.uuid4().hex[:8]}"
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    start_at = time.time() + 3.0  # after the children imported everything
+    procs = [
+        ctx.Process(target=_producer, args=(url, prefix, str(path), start_at, seconds, q))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=seconds + 120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    client = redis.Redis.from_url(url)
+    store = ExampleStore(client, Keys(prefix), settle_ms=0)  # drain all of it now
+    total = sum(r[0] for r in results)
+    elapsed = max(r[1] for r in results) - start_at
+    try:
+        assert store.total_examples() == total
+        t0 = time.perf_counter()
+        moved = store.drain(Dataset(tmp / "drain"))
+        drain_s = time.perf_counter() - t0
+        assert moved == total
+    finally:
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+    cpu_us = sum(r[2] for r in results) / total * 1e6
+    return {
+        "ingest_examples_per_s": round(total / elapsed, 1),
+        "ingest_examples": total,
+        # Producer CPU per stored example (encode + Redis call): machine load aside,
+        # one core stores 1e6 / this many examples per second.
+        "ingest_producer_cpu_us_per_example": round(cpu_us, 1),
+        "drain_examples_per_s": round(moved / drain_s, 1),
+    }
+
+
+def synthetic_dataset(root: Path, games: list, n: int) -> Dataset:
+    """n examples on disk, fast: one chunk of tiled real-looking examples, copied."""
+    base = codec.concat([codec.encode_examples(g, "b") for g in games])
+    tiled = codec.concat([base] * -(-CHUNK // codec.num_rows(base)))
+    cols = codec.take_rows(tiled, np.arange(CHUNK))
+    ds = Dataset(root)
+    first = ds.append(cols, "0-1")
+    for seq in range(1, n // CHUNK):
+        name = f"chunk-{seq:08d}-{seq:08d}-{CHUNK}.npz"
+        shutil.copyfile(first.path, root / name)
+    return ds
+
+
+def bare_steps(model, batch_size: int, steps: int) -> float:
+    """Samples per second of the bare model step (same loss and optimiser as the trainer)."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    boards = torch.from_numpy(rng.integers(0, 3, (batch_size, 11, 11, 10)).astype(np.float32))
+    masks = torch.from_numpy(rng.random((batch_size, 2, 11, 10)) < 0.4)
+    probs = torch.softmax(torch.randn(batch_size, 220).masked_fill(~masks.flatten(1), -1e32), 1)
+    results = torch.from_numpy(rng.choice([-1.0, 0.0, 1.0], batch_size).astype(np.float32))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    model.train()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        logits, value = model(boards, masks)
+        loss = -(probs * F.log_softmax(logits.float(), 1)).sum(1).mean()
+        loss = loss + F.mse_loss(value.float().squeeze(1), results)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return batch_size * steps / (time.perf_counter() - t0)
+
+
+def training_ratio(
+    ds: Dataset, tmp: Path, batch_size: int, steps: int, rounds: int, blocks: int, filters: int
+) -> dict:
+    """Alternates bare model steps and real training runs; medians and per-round ratios."""
+    import torch
+
+    from hexz_tasks.model import ModelParams, make_model
+    from hexz_tasks.repository import ModelRepository
+    from hexz_tasks.training import train_checkpoint
+
+    settings = Settings(
+        data_dir=tmp / "repo",
+        model_blocks=blocks,
+        model_filters=filters,
+        batch_size=batch_size,
+        num_epochs=1,
+        training_examples_window_size=batch_size * steps,
+    )
+    params = ModelParams("conv2d", blocks, filters)
+    repo = ModelRepository(settings.repo_base_dir, settings.model_name)
+    repo.ensure_initial(params, settings)
+    torch.manual_seed(0)
+    bare_model = make_model(params)
+    bare_steps(bare_model, batch_size, 1)  # warm-up
+    # Bare, trainer, bare, trainer, ..., bare: each trainer run is compared with the bare
+    # runs just before and after it, so drifting machine load hits both sides alike.
+    bare = [bare_steps(bare_model, batch_size, steps)]
+    trained, ratios = [], []
+    for n in range(rounds):
+        stats = train_checkpoint(settings, repo, ds, n, 0)
+        bare.append(bare_steps(bare_model, batch_size, steps))
+        trained.append(stats["samples_per_s"])
+        ratios.append(trained[-1] / ((bare[-2] + bare[-1]) / 2))
+        print(
+            f"round {n}: trainer {trained[-1]:.1f}/s, bare {bare[-2]:.1f} {bare[-1]:.1f}",
+            file=sys.stderr,
+        )
+    return {
+        "ratio": round(float(np.median(ratios)), 3),
+        "train_samples_per_s": round(float(np.median(trained)), 1),
+        "bare_samples_per_s": round(float(np.median(bare)), 1),
+        "bare_per_run": [round(x, 1) for x in bare],
+        "ratios_per_round": [round(r, 3) for r in ratios],
+        "trainer_window_load_s": stats["load_s"],
+        "train_steps_per_round": stats["batches"],
+        "batch_size": batch_size,
+        "model": f"conv2d {blocks} blocks {filters} filters",
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="under a minute: batch 64, few steps")
+    ap.add_argument("--redis-url", default=os.environ.get("HEXZ_REDIS_URL") or DEFAULT_REDIS_URL)
+    args = ap.parse_args()
+    batch, steps, rounds = (64, 2, 5) if args.quick else (4096, 1, 5)
+    out: dict = {"quick": args.quick}
+    tmp = Path(tempfile.mkdtemp(prefix="hexz-bench-train-"))
+    try:
+        games = make_games(8 if args.quick else 24, seed=0)
+        out.update(sizes(games, tmp))
+        print(f"sizes: {out}", file=sys.stderr)
+        out.update(ingest(args.redis_url, games, 3.0 if args.quick else 10.0, tmp))
+        print(f"ingest: {out}", file=sys.stderr)
+        ds = synthetic_dataset(tmp / "window", games, WINDOW)
+        t0, c0 = time.perf_counter(), time.process_time()
+        w = ds.window(WINDOW)
+        out["window_1m_load_s"] = round(time.perf_counter() - t0, 3)
+        out["window_1m_load_cpu_s"] = round(time.process_time() - c0, 3)
+        assert len(w) == WINDOW
+        del w
+        print(f"window: {out['window_1m_load_s']} s", file=sys.stderr)
+        out.update(training_ratio(ds, tmp, batch, steps, rounds, 5, 128))
+        out["device"] = "cpu"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

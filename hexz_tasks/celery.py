@@ -1,0 +1,263 @@
+"""The Celery app: ``celery -A hexz_tasks worker -Q selfplay`` / ``-Q gpu`` / ``beat`` / ``flower``.
+
+Broker, result backend and example store all use the one Redis URL from the settings.
+Reliability choices (see shared/reference/celery-redis-practices.md):
+- JSON only, for messages and results.
+- Late acks + reject on worker loss: a task whose process dies is redelivered; the tasks
+  are idempotent and count their deliveries so that a task that kills its worker every
+  time is dropped after ``task_max_deliveries`` (hexz_tasks.tasks).
+- Prefetch 1, and hard time limit < visibility timeout, set in all three places, so a
+  running task is never redelivered while it still runs.
+- Beat uses :class:`Scheduler`, which also runs the self-play feeder in the beat process.
+- Nothing here touches torch or CUDA: the worker's parent process forks its pool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import ssl
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from celery import Celery, bootsteps
+from celery.beat import PersistentScheduler
+
+from hexz_tasks.keys import Keys
+from hexz_tasks.redis_server import connect, redis_url
+from hexz_tasks.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SELFPLAY_QUEUE = "selfplay"
+GPU_QUEUE = "gpu"
+SELFPLAY_TASK = "hexz_tasks.tasks.selfplay"
+TRAIN_TASK = "hexz_tasks.tasks.train"
+ARENA_TASK = "hexz_tasks.arena_tasks.match"
+EVALUATE_TASK = "hexz_tasks.arena_tasks.evaluate"
+# Beat entry run by Scheduler in the beat process itself, never sent to a queue: a
+# feeder queued behind minutes-long tasks would starve the workers it should feed.
+FEED_ENTRY = "hexz_tasks.feed_selfplay"
+
+# How often a worker refreshes its entry in Keys.workers, and when an entry counts as gone.
+WORKER_REFRESH_S = 10.0
+WORKER_STALE_S = 35.0
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting of the project, derived from `settings`."""
+    url = redis_url(settings)
+    hard = settings.task_time_limit_s
+    visibility = {"visibility_timeout": settings.visibility_timeout_s}
+    tick = settings.training_check_interval_s
+    conf: dict[str, Any] = {
+        "broker_url": url,
+        "result_backend": url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_routes": {
+            SELFPLAY_TASK: {"queue": SELFPLAY_QUEUE},
+            TRAIN_TASK: {"queue": GPU_QUEUE},
+            ARENA_TASK: {"queue": SELFPLAY_QUEUE},
+            EVALUATE_TASK: {"queue": SELFPLAY_QUEUE},
+        },
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": hard,
+        "task_soft_time_limit": 0.9 * hard,
+        # The visibility timeout, in the three places the Redis transport reads it.
+        "broker_transport_options": {
+            **visibility,
+            # Sweep for messages of vanished workers every 1/20 of the timeout (kombu's
+            # default is every 100 s), so they come back soon after it.
+            "unacked_restore_interval": max(1, int(settings.visibility_timeout_s / 20)),
+            "unacked_restore_throttle": 1,
+        },
+        "result_backend_transport_options": visibility,
+        "visibility_timeout": settings.visibility_timeout_s,
+        "result_expires": 24 * 3600,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # Flower shows tasks only when workers send events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "beat_scheduler": "hexz_tasks.celery:Scheduler",
+        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
+        "beat_schedule": {
+            "train": {
+                "task": TRAIN_TASK,
+                "schedule": tick,
+                # A tick nobody picked up in time is stale: drop it rather than pile up.
+                "options": {"queue": GPU_QUEUE, "expires": tick},
+            },
+            "feed-selfplay": {"task": FEED_ENTRY, "schedule": tick},
+            # Rates new checkpoints against earlier ones and the pure-MCTS baseline.
+            "evaluate-checkpoints": {
+                "task": EVALUATE_TASK,
+                "schedule": settings.arena_interval_s,
+                "options": {"queue": SELFPLAY_QUEUE, "expires": settings.arena_interval_s},
+            },
+        },
+    }
+    if urlsplit(url).scheme == "rediss" and "ssl_cert_reqs" not in parse_qs(urlsplit(url).query):
+        # TLS without explicit options: verify the server certificate (the safe choice);
+        # add ?ssl_cert_reqs=...&ssl_ca_certs=... to the URL to change it.
+        conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        conf["redis_backend_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return conf
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("hexz_tasks", include=["hexz_tasks.tasks", "hexz_tasks.arena_tasks"])
+    app.conf.update(celery_config(settings))
+    app.steps["worker"].add(WorkerRegistry)
+    return app
+
+
+class WorkerRegistry(bootsteps.StartStopStep):
+    """Keeps this worker's queues and pool size in Keys.workers while it is alive.
+
+    The self-play feeder sizes the queue from it; `hexz status` lists it without a
+    broadcast round trip.
+    """
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.tref: Any = None
+
+    def start(self, worker: Any) -> None:
+        self.refresh(worker)
+        try:
+            forget_dead_local_tasks(redis_client(), keys)
+        except Exception as e:  # Redis not up yet: the feeder prunes them later anyway
+            log.warning("could not prune the running-task registry: %s", e)
+        self.tref = worker.timer.call_repeatedly(WORKER_REFRESH_S, self.refresh, (worker,))
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+        try:
+            redis_client().hdel(keys.workers, worker.hostname)
+        except Exception:  # shutting down; the entry goes stale anyway
+            pass
+
+    def refresh(self, worker: Any) -> None:
+        entry = {
+            "queues": sorted(worker.app.amqp.queues.consume_from),
+            "concurrency": worker.concurrency,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "seen": time.time(),
+        }
+        try:
+            redis_client().hset(keys.workers, worker.hostname, json.dumps(entry))
+        except Exception as e:  # Redis may be restarting; next refresh retries
+            log.warning("could not refresh the worker registry: %s", e)
+
+
+def live_workers(r: Any, keys: Keys, now: float | None = None) -> dict[str, dict]:
+    """Workers that refreshed their Keys.workers entry recently; prunes the stale ones."""
+    now = time.time() if now is None else now
+    live, stale = {}, []
+    for name, raw in r.hgetall(keys.workers).items():
+        entry = json.loads(raw)
+        if now - entry["seen"] > WORKER_STALE_S:
+            stale.append(name)
+        else:
+            live[name.decode() if isinstance(name, bytes) else name] = entry
+    if stale:
+        r.hdel(keys.workers, *stale)
+    return live
+
+
+def forget_dead_local_tasks(r: Any, keys: Keys) -> list[str]:
+    """Drops Keys.selfplay_running entries of processes on this host that no longer exist.
+
+    A worker killed with its tasks leaves them behind; the feeder would count them as
+    running until the hard time limit passed.
+    """
+    host = socket.gethostname()
+    dead = []
+    for task_id, raw in r.hgetall(keys.selfplay_running).items():
+        entry = json.loads(raw)
+        if entry.get("host") == host and not _pid_alive(entry.get("pid", 0)):
+            dead.append(task_id)
+    if dead:
+        r.hdel(keys.selfplay_running, *dead)
+    return [t.decode() for t in dead]
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+class Scheduler(PersistentScheduler):
+    """Beat's scheduler: the persistent default, plus the self-play feeder run in place."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(*args, **kwargs)
+
+    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any):
+        if entry.task != FEED_ENTRY:
+            return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        if advance:
+            entry = self.reserve(entry)
+        from hexz_tasks.tasks import feed_selfplay_queue
+
+        try:
+            sent = feed_selfplay_queue(self.app, redis_client(), keys, settings)
+        except Exception as e:  # e.g. Redis restarting: the next tick retries
+            log.warning("self-play feeder: %s", e)
+            return None
+        if sent:
+            log.info("self-play feeder: queued %d task(s)", sent)
+        return None
+
+
+def _flower_defaults(settings: Settings) -> None:
+    """`celery -A hexz_tasks flower` binds 127.0.0.1 and uses HEXZ_FLOWER_BASIC_AUTH.
+
+    Flower reads FLOWER_* variables after the app is imported; explicit flags and
+    FLOWER_* variables set by the user still win.
+    """
+    os.environ.setdefault("FLOWER_ADDRESS", "127.0.0.1")
+    if settings.flower_basic_auth:
+        os.environ.setdefault("FLOWER_BASIC_AUTH", settings.flower_basic_auth)
+
+
+_redis: tuple[int, Any] | None = None
+
+
+def redis_client() -> Any:
+    """This process's Redis client (made after a fork, never shared across one)."""
+    global _redis
+    if _redis is None or _redis[0] != os.getpid():
+        _redis = (os.getpid(), connect(settings))
+    return _redis[1]
+
+
+settings = Settings.from_env()
+keys = Keys(settings.key_prefix)
+app = make_app(settings)
+_flower_defaults(settings)

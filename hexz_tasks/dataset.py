@@ -1,0 +1,281 @@
+"""The trainer's on-disk example dataset: append-only chunk files of compact columns.
+
+Layout: ``<model dir>/examples-store/chunk-<first>-<last>-<count>.npz``, where first..last
+is the range of sequence numbers the chunk covers (a drain writes [s, s]; compaction
+merges small neighbours into [a, b] and then deletes them, and a listing ignores any
+chunk covered by a wider one, so a crash in between doubles nothing). Each .npz holds the
+codec columns plus ``meta`` (JSON bytes: last stream id, timestamp); no pickle. Every
+file is written to a temporary name, fsynced and renamed.
+
+:meth:`Dataset.window` loads the newest W examples (training columns only) into a
+:class:`Window`, whose :meth:`Window.batch` decodes a batch of rows with NumPy only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hexz_tasks import codec
+from hexz_tasks.store import atomic_write, fsync_dir, utc_timestamp
+
+_CHUNK_RE = re.compile(r"^chunk-(\d{8})-(\d{8})-(\d+)\.npz$")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    first: int
+    last: int
+    count: int
+    path: Path
+
+    def meta(self) -> dict:
+        with np.load(self.path, allow_pickle=False) as z:
+            return json.loads(z["meta"].tobytes().decode())
+
+
+@dataclass
+class Batch:
+    boards: np.ndarray  # (B, 11, 11, 10) float32
+    masks: np.ndarray  # (B, 2, 11, 10) bool
+    move_probs: np.ndarray  # (B, 220) float32
+    results: np.ndarray  # (B,) float32
+
+
+class _Part:
+    """Training columns of one chunk (or its tail), as read from disk: never copied."""
+
+    def __init__(self, cols: codec.Columns) -> None:
+        self.cells = cols["board_cells"]
+        self.grass = cols["board_grass"]
+        self.flags_left = cols["flags_left"]
+        self.mask = cols["mask"]
+        self.counts = cols["counts"]
+        self.result = cols["result"]
+        n = len(self.result)
+        self.offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(codec.mask_popcount(self.mask), out=self.offsets[1:])
+        # Rows whose move_probs are not count fractions keep their float32 vectors.
+        self.exc_index = np.full(n, -1, dtype=np.int32)
+        self.exc_index[cols["probs_exc_rows"]] = np.arange(len(cols["probs_exc_rows"]))
+        self.exc_probs = cols["probs_exc"]
+
+    def __len__(self) -> int:
+        return len(self.result)
+
+    def move_probs(self, idx: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """(B, 220) float32 targets of rows `idx`; `masks` (B, 220) bool are their masks."""
+        starts = self.offsets[idx]
+        lens = self.offsets[idx + 1] - starts
+        # Positions of the selected rows' ragged entries, in row order.
+        shift = np.repeat(starts - (np.cumsum(lens) - lens), lens)
+        dense = np.zeros((len(idx), codec.POLICY), dtype=np.uint16)
+        dense[masks] = self.counts[shift + np.arange(shift.size)]
+        exc = self.exc_index[idx]
+        rows = np.flatnonzero(exc >= 0)
+        return codec.decode_move_probs(dense, rows, self.exc_probs[exc[rows]])
+
+
+class Window:
+    """The training columns of N examples in memory (one part per chunk, not copied
+    together); batches are gathered and decoded vectorised."""
+
+    def __init__(self, parts: list[_Part]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def batch(self, idx: np.ndarray) -> Batch:
+        """Decodes rows `idx` (any order, repeats allowed)."""
+        b = len(idx)
+        cells = np.empty((b, 2, codec.CELLS), np.uint8)
+        grass = np.empty((b, self.parts[0].grass.shape[1]), np.uint8)
+        flags_left = np.empty((b, 2), np.uint8)
+        packed = np.empty((b, codec.MASK_BYTES), np.uint8)
+        results = np.empty(b, np.float32)
+        probs = np.empty((b, codec.POLICY), np.float32)
+        part_of = np.searchsorted(self.starts, idx, side="right") - 1
+        order = np.argsort(part_of, kind="stable")
+        bounds = np.searchsorted(part_of[order], np.arange(len(self.parts) + 1))
+        masks = np.empty((b, codec.POLICY), bool)
+        for k, part in enumerate(self.parts):
+            sel = order[bounds[k] : bounds[k + 1]]
+            if not len(sel):
+                continue
+            local = idx[sel] - self.starts[k]
+            cells[sel] = part.cells[local]
+            grass[sel] = part.grass[local]
+            flags_left[sel] = part.flags_left[local]
+            packed[sel] = part.mask[local]
+            results[sel] = part.result[local]
+            masks[sel] = codec.unpack_masks(packed[sel]).reshape(len(sel), -1)
+            probs[sel] = part.move_probs(local, masks[sel])
+        boards = codec.decode_boards(cells, grass, flags_left)
+        return Batch(boards, masks.reshape(b, *codec.MASK_SHAPE), probs, results)
+
+
+def _tail(cols: codec.Columns, start: int) -> codec.Columns:
+    """Rows start.. of training columns."""
+    if start == 0:
+        return cols
+    skip = int(codec.mask_popcount(cols["mask"][:start]).sum())
+    out = {
+        k: cols[k][start:] for k in ("board_cells", "board_grass", "flags_left", "mask", "result")
+    }
+    out["counts"] = cols["counts"][skip:]
+    keep = cols["probs_exc_rows"] >= start
+    out["probs_exc_rows"] = cols["probs_exc_rows"][keep] - start
+    out["probs_exc"] = cols["probs_exc"][keep]
+    return out
+
+
+class Dataset:
+    """Append-only chunk files of examples, next to the model repository."""
+
+    def __init__(self, root: Path, compact_below: int = 1 << 15) -> None:
+        """Chunks smaller than `compact_below` examples get merged once several pile up."""
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.compact_below = compact_below
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive across processes: only one drain or compaction at a time."""
+        with open(self.root / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def chunks(self) -> list[Chunk]:
+        """Live chunks in sequence order (chunks covered by a merged one are skipped)."""
+        found = []
+        for name in os.listdir(self.root):
+            m = _CHUNK_RE.match(name)
+            if m:
+                first, last, count = (int(g) for g in m.groups())
+                found.append(Chunk(first, last, count, self.root / name))
+        found.sort(key=lambda c: (c.first, -c.last))
+        live: list[Chunk] = []
+        for c in found:
+            if live and c.last <= live[-1].last:
+                continue  # covered by a merged chunk: a leftover of an interrupted compaction
+            live.append(c)
+        return live
+
+    def count(self) -> int:
+        return sum(c.count for c in self.chunks())
+
+    def last_stream_id(self) -> str | None:
+        """The newest Redis stream id on disk (chunks not written by a drain have none)."""
+        for chunk in reversed(self.chunks()):
+            if (sid := chunk.meta()["last_stream_id"]) is not None:
+                return sid
+        return None
+
+    def append(self, cols: codec.Columns, last_stream_id: str | None) -> Chunk:
+        """Writes a new chunk after the newest one; appears complete or not at all."""
+        chunks = self.chunks()
+        seq = chunks[-1].last + 1 if chunks else 0
+        return self._write(seq, seq, cols, last_stream_id, utc_timestamp())
+
+    def _write(
+        self, first: int, last: int, cols: codec.Columns, stream_id: str | None, ts: str
+    ) -> Chunk:
+        n = codec.num_rows(cols)
+        path = self.root / f"chunk-{first:08d}-{last:08d}-{n}.npz"
+        meta = json.dumps({"last_stream_id": stream_id, "timestamp": ts}).encode()
+        tmp = self.root / f".tmp-{path.name}-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, meta=np.frombuffer(meta, dtype=np.uint8), **cols)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(self.root)
+        return Chunk(first, last, n, path)
+
+    def read_chunk(self, chunk: Chunk, columns: tuple[str, ...] | None = None) -> codec.Columns:
+        try:
+            with np.load(chunk.path, allow_pickle=False) as z:
+                names = columns or tuple(k for k in z.files if k != "meta")
+                return {k: z[k] for k in names}
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"corrupt example chunk {chunk.path}: {e}") from e
+
+    # --- archives (written once per chunk, see store.write_pending_archives) ---
+    def _archived_upto(self) -> int:
+        try:
+            return int((self.root / "archived").read_text())
+        except FileNotFoundError:
+            return -1
+
+    def unarchived_chunks(self) -> list[Chunk]:
+        upto = self._archived_upto()
+        return [c for c in self.chunks() if c.last > upto]
+
+    def mark_archived(self, chunk: Chunk) -> None:
+        atomic_write(self.root / "archived", str(chunk.last).encode())
+
+    def chunk_timestamp(self, chunk: Chunk) -> str:
+        return chunk.meta()["timestamp"]
+
+    # --- compaction ---
+    def compact(self, max_count: int = 1 << 16) -> int:
+        """Merges runs of small archived chunks (call under lock()); returns files merged."""
+        upto = self._archived_upto()
+        chunks = [c for c in self.chunks() if c.last <= upto]
+        merged = 0
+        run: list[Chunk] = []
+
+        def flush() -> None:
+            nonlocal merged
+            if len(run) >= 4:
+                parts = [self.read_chunk(c) for c in run]
+                meta = run[-1].meta()
+                self._write(run[0].first, run[-1].last, codec.concat(parts),
+                            meta["last_stream_id"], meta["timestamp"])  # fmt: skip
+                for c in run:
+                    c.path.unlink()
+                merged += len(run)
+            run.clear()
+
+        for c in chunks:
+            if c.count >= self.compact_below or sum(r.count for r in run) + c.count > max_count:
+                flush()
+            if c.count < self.compact_below:
+                run.append(c)
+        flush()
+        return merged
+
+    # --- training reads ---
+    def window(self, n: int, threads: int = 4) -> Window:
+        """The newest `n` examples (fewer if the dataset is smaller)."""
+        picked: list[tuple[Chunk, int]] = []
+        need = n
+        for c in reversed(self.chunks()):
+            if need <= 0:
+                break
+            picked.append((c, max(0, c.count - need)))
+            need -= c.count
+        picked.reverse()
+        if not picked:
+            raise ValueError(f"no examples in {self.root}")
+
+        def load(item: tuple[Chunk, int]) -> _Part:
+            chunk, start = item
+            return _Part(_tail(self.read_chunk(chunk, codec.CORE_COLUMNS), start))
+
+        with ThreadPoolExecutor(threads) as pool:
+            return Window(list(pool.map(load, picked)))

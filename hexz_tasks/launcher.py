@@ -1,0 +1,94 @@
+"""`hexz run`: the whole pipeline on this machine, under honcho's process manager.
+
+The processes are those of the repository's ``Procfile`` (``honcho start`` runs the same;
+a test keeps the two equal). ``hexz run`` differs in two ways: it starts the
+project-managed Redis first and waits for it, so nothing races it, and it fills in
+small quick-start settings for every ``HEXZ_*`` variable that is not set, so a newcomer
+sees games, examples and new checkpoints within minutes on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Mapping
+
+from hexz_tasks.redis_server import ensure_running, masked_url, redis_url
+from hexz_tasks.settings import Settings
+
+# name -> command; the Procfile holds exactly these lines.
+PROCESSES: dict[str, str] = {
+    # Exits never: idles when HEXZ_REDIS_URL points elsewhere (honcho stops all on any exit).
+    "redis": "hexz redis",
+    "selfplay": "celery -A hexz_tasks worker -Q selfplay -n selfplay@%h -P prefork -l INFO",
+    "gpu": "celery -A hexz_tasks worker -Q gpu -n gpu@%h -c 1 -P prefork -l INFO",
+    # Exactly one beat per pipeline; its schedule file lives in HEXZ_DATA_DIR.
+    "beat": "celery -A hexz_tasks beat -l INFO",
+    # Binds 127.0.0.1; basic auth from HEXZ_FLOWER_BASIC_AUTH (hexz_tasks.celery).
+    "flower": "celery -A hexz_tasks flower",
+    "web": "hexz serve",
+}
+
+# Quick-start settings `hexz run` uses where the environment sets nothing (the spec's
+# defaults are sized for a GPU trainer and many CPU cores). Documented in the README.
+QUICKSTART: dict[str, str] = {
+    "HEXZ_MODEL_BLOCKS": "2",
+    "HEXZ_MODEL_FILTERS": "32",
+    "HEXZ_RUNS_PER_MOVE": "64",
+    "HEXZ_GAMES_PER_TASK": "8",
+    "HEXZ_GAMES_IN_FLIGHT": "8",
+    "HEXZ_TRAINING_TRIGGER_THRESHOLD": "2000",
+    "HEXZ_BATCH_SIZE": "256",
+    "HEXZ_NUM_EPOCHS": "2",
+}
+
+
+def procfile_text() -> str:
+    return "".join(f"{name}: {cmd}\n" for name, cmd in PROCESSES.items())
+
+
+def pipeline_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` with the quick-start settings added where unset."""
+    env = dict(environ)
+    for name, value in QUICKSTART.items():
+        env.setdefault(name, value)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _command(cmd: str) -> str:
+    """Runs `hexz` / `celery` with this interpreter, so an unactivated venv works too."""
+    head, _, rest = cmd.partition(" ")
+    module = {"hexz": "hexz_tasks.cli", "celery": "celery"}[head]
+    return f"{shlex.quote(sys.executable)} -m {module} {rest}"
+
+
+def run_pipeline(settings: Settings) -> int:
+    """Runs every process of the Procfile until Ctrl-C (or until one of them exits)."""
+    from honcho.manager import Manager
+    from honcho.printer import Printer
+
+    env = pipeline_env(os.environ)
+    settings = Settings.from_env(env)  # validates the quick-start values too
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    redis_proc = ensure_running(settings)
+    print(
+        f"hexz run: Redis {masked_url(redis_url(settings))}, "
+        f"data in {settings.data_dir.resolve()}, "
+        f"model {settings.model_type} {settings.model_blocks}x{settings.model_filters}, "
+        f"{settings.runs_per_move} runs per move; `hexz status` shows progress",
+        flush=True,
+    )
+    manager = Manager(Printer(sys.stdout))
+    for name, cmd in PROCESSES.items():
+        if name == "redis":
+            continue  # started above by ensure_running, or external
+        manager.add_process(name, _command(cmd), env=env)
+    try:
+        manager.loop()
+    finally:
+        if redis_proc is not None:
+            redis_proc.terminate()  # redis-server flushes its AOF on SIGTERM
+            redis_proc.wait(30)
+    return manager.returncode or 0

@@ -1,0 +1,341 @@
+"""Self-play games and the CPU player's move suggestions.
+
+The search and the games run in C++ (hexz_tasks._search); this module runs the
+network on the driver's batches and turns finished games into TrainingExample
+protobufs as shared/spec/wire-format.md describes (NUMPY encoding).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from google.protobuf.message import DecodeError
+
+from hexz_tasks import hexz_pb2
+from hexz_tasks._search import Search, SelfPlay
+from hexz_tasks.examples import npy_bytes
+from hexz_tasks.inference import Evaluator, as_evaluator
+from hexz_tasks.settings import Settings
+
+_FLAG = hexz_pb2.Field.CellType.Value("FLAG")
+_NORMAL = hexz_pb2.Field.CellType.Value("NORMAL")
+_STATS_SCALARS = (
+    "valid_moves", "visit_count", "visited_children", "search_depth", "search_tree_size",
+    "branch_nodes", "min_child_vc", "max_child_vc",
+)  # fmt: skip
+
+ModelKeyLike = hexz_pb2.ModelKey | tuple[str, int] | None
+
+
+@dataclass
+class GameRecord:
+    """One finished self-play game."""
+
+    index: int  # order in which the game was started (0..n_games-1)
+    examples: list[hexz_pb2.TrainingExample]
+    result: int  # +1 / 0 / -1 from player 0's view
+    score: tuple[int, int]
+    num_moves: int
+    evaluations: int = 0  # network evaluations the game needed
+    cache_hits: int = 0  # leaves expanded from a transposition instead
+    fast_moves: int = 0
+    resigned: bool = False
+
+
+def search_kwargs(settings: Settings) -> dict[str, Any]:
+    """The search settings as keyword arguments of _search.Search / SelfPlay."""
+    return {
+        "uct_c": settings.uct_c,
+        "initial_root_q_value": settings.initial_root_q_value,
+        "initial_q_penalty": settings.initial_q_penalty,
+        "dirichlet_concentration": settings.dirichlet_concentration,
+        "random_playouts": settings.random_playouts,
+        "end_game_when_stuck": settings.end_game_when_stuck,
+        "eval_cache": settings.eval_cache,
+    }
+
+
+def _model_key(model_key: ModelKeyLike) -> hexz_pb2.ModelKey | None:
+    if model_key is None or isinstance(model_key, hexz_pb2.ModelKey):
+        return model_key
+    name, checkpoint = model_key
+    return hexz_pb2.ModelKey(name=name, checkpoint=int(checkpoint))
+
+
+def _seed(seed: int | None) -> int:
+    return int.from_bytes(os.urandom(8), "little") if seed is None else seed
+
+
+def _examples(game: dict[str, Any], key: hexz_pb2.ModelKey | None) -> list:
+    out = []
+    for i in range(len(game["turns"])):
+        turn = int(game["turns"][i])
+        typ, r, c, _ = (int(x) for x in game["moves"][i])
+        stats = game["stats"][i]
+        ex = hexz_pb2.TrainingExample(
+            unix_micros=int(game["unix_micros"][i]),
+            board=npy_bytes(game["boards"][i]),
+            move_probs=npy_bytes(game["move_probs"][i]),
+            result=float(game["results"][i]),
+            encoding=hexz_pb2.TrainingExample.NUMPY,
+            turn=turn,
+            action_mask=npy_bytes(game["masks"][i]),
+            move=hexz_pb2.GameEngineMove(
+                player_num=turn + 1,
+                move=int(game["move_numbers"][i]),
+                row=r,
+                col=c,
+                cell_type=_FLAG if typ == 0 else _NORMAL,
+            ),
+            model_predictions=hexz_pb2.ModelPredictions(
+                priors=npy_bytes(game["priors"][i]), value=float(game["values"][i])
+            ),
+            stats=hexz_pb2.TrainingExample.Stats(
+                duration_micros=int(game["duration_micros"][i]),
+                selected_child_vc=int(game["selected_child_vc"][i]),
+                selected_child_q=float(game["selected_child_q"][i]),
+                nodes_per_depth=stats["nodes_per_depth"],
+                max_visit_count_per_depth=stats["max_visit_count_per_depth"],
+                **{name: stats[name] for name in _STATS_SCALARS},
+            ),
+        )
+        if key is not None:
+            ex.model_key.CopyFrom(key)
+        out.append(ex)
+    return out
+
+
+def play_games(
+    model: Evaluator | torch.nn.Module | str | Path | bytes,
+    n_games: int,
+    settings: Settings,
+    seed: int | None = None,
+    model_key: ModelKeyLike = None,
+    *,
+    stats: dict[str, Any] | None = None,
+    on_step: Callable[[dict[str, Any]], bool | None] | None = None,
+) -> Iterator[GameRecord]:
+    """Plays `n_games` self-play games, `settings.games_in_flight` at a time, and yields
+    each as soon as it finishes. Game i depends only on (seed, i) and the network.
+
+    `stats`, if given, is updated in place with running totals (evaluations,
+    inference_s, games_started, games_finished, examples of finished games,
+    examples_recorded including games in progress) and `on_step(stats)` is
+    called after every batch, for progress reports and benchmarks; if it returns
+    True, play stops (games still running are dropped).
+    """
+    if n_games < 0:
+        raise ValueError(f"n_games must be >= 0, got {n_games}")
+    if settings.inference_threads > 0:
+        torch.set_num_threads(settings.inference_threads)
+    evaluator = as_evaluator(model, settings.device)
+    key = _model_key(model_key)
+    driver = SelfPlay(
+        n_games,
+        settings.games_in_flight,
+        _seed(seed),
+        runs_per_move=settings.runs_per_move,
+        runs_per_fast_move=settings.runs_per_fast_move,
+        fast_move_prob=settings.fast_move_prob,
+        max_moves_per_game=settings.max_moves_per_game,
+        resign_threshold=settings.resign_threshold,
+        **search_kwargs(settings),
+    )
+    boards = np.zeros((driver.capacity, 11, 11, 10), dtype=np.float32)
+    masks = np.zeros((driver.capacity, 2, 11, 10), dtype=bool)
+    stats = stats if stats is not None else {}
+    stats.update(inference_s=0.0, examples=0)
+    while True:
+        n = driver.prepare(boards, masks)
+        stats["evaluations"] = driver.evaluations
+        stats["games_started"] = driver.games_started
+        stats["games_finished"] = driver.games_finished
+        stats["examples_recorded"] = driver.examples_recorded
+        for game in driver.take_finished():
+            stats["examples"] += len(game["turns"])
+            yield GameRecord(
+                index=game["index"],
+                examples=_examples(game, key),
+                result=game["result"],
+                score=game["score"],
+                num_moves=game["num_moves"],
+                evaluations=game["evaluations"],
+                cache_hits=game["cache_hits"],
+                fast_moves=game["fast_moves"],
+                resigned=game["resigned"],
+            )
+        if n == 0:
+            return
+        start = time.perf_counter()
+        priors, values = evaluator(boards[:n], masks[:n])
+        stats["inference_s"] += time.perf_counter() - start
+        driver.feed(priors, values)
+        if on_step is not None and on_step(stats):
+            return
+
+
+def _parse_request(request: bytes) -> hexz_pb2.SuggestMoveRequest:
+    if not isinstance(request, bytes | bytearray | memoryview):
+        raise ValueError(f"expected serialized SuggestMoveRequest bytes, got {type(request)}")
+    req = hexz_pb2.SuggestMoveRequest()
+    try:
+        req.ParseFromString(bytes(request))
+    except DecodeError as e:
+        raise ValueError(f"not a serialized SuggestMoveRequest: {e}") from None
+    if not req.HasField("game_engine_state"):
+        raise ValueError("SuggestMoveRequest has no game_engine_state")
+    if req.game_engine_state.WhichOneof("state") != "flagz":
+        raise ValueError("SuggestMoveRequest.game_engine_state is not a flagz state")
+    if req.max_think_time_ms < 0 or req.max_iterations < 0:
+        raise ValueError("max_think_time_ms and max_iterations must not be negative")
+    if req.max_think_time_ms == 0 and req.max_iterations == 0:
+        raise ValueError("SuggestMoveRequest sets neither max_think_time_ms nor max_iterations")
+    return req
+
+
+def suggest_move(
+    model: Evaluator | torch.nn.Module | str | Path | bytes,
+    request: bytes,
+    settings: Settings | None = None,
+) -> bytes:
+    """Answers a serialized SuggestMoveRequest with a serialized SuggestMoveResponse.
+
+    Searches by highest PUCT only (no noise) for the request's think time, or its
+    iterations when the time is 0, both capped by settings.max_think_time_ms and
+    max_suggest_iterations; answers the most visited root child. Raises ValueError
+    with a clear message for bad input. Pass an inference.Evaluator to reuse it across
+    requests (building one from a module or file takes a second or more).
+    """
+    from hexz_tasks.engine import Board
+
+    settings = settings if settings is not None else Settings.from_env()
+    req = _parse_request(request)
+    board, player = Board.from_proto(req.game_engine_state.SerializeToString())
+    if not board.has_legal_move(player):
+        raise ValueError("player to move has no legal move")
+    if req.max_think_time_ms > 0:
+        think_ms = min(req.max_think_time_ms, settings.max_think_time_ms)
+        iterations = settings.max_suggest_iterations
+    else:
+        think_ms = settings.max_think_time_ms
+        iterations = min(req.max_iterations, settings.max_suggest_iterations)
+    evaluator = as_evaluator(model, settings.device)
+    search = Search(board, player, zlib.crc32(bytes(request)), **search_kwargs(settings))
+    search.run(evaluator, iterations, greedy=True, deadline=time.monotonic() + think_ms / 1000.0)
+    children = search.children()
+    visits = children["visits"].astype(np.float64)
+    total = visits.sum()
+    share = visits / total if total > 0 else children["prior"].astype(np.float64)
+    best = int(np.argmax(share))  # first of equals, like the search
+    typ, r, c, _ = (int(x) for x in children["moves"][best])
+    resp = hexz_pb2.SuggestMoveResponse(
+        move=hexz_pb2.GameEngineMove(
+            player_num=player + 1,
+            move=req.game_engine_state.flagz.board.move,
+            row=r,
+            col=c,
+            cell_type=_FLAG if typ == 0 else _NORMAL,
+        ),
+        move_stats=hexz_pb2.SuggestMoveStats(value=search.root_value),
+    )
+    kinds = hexz_pb2.SuggestMoveStats.ScoreKind
+    for i in range(search.num_children):
+        ctyp, cr, cc, _ = (int(x) for x in children["moves"][i])
+        resp.move_stats.moves.append(
+            hexz_pb2.SuggestMoveStats.ScoredMove(
+                row=cr,
+                col=cc,
+                type=_FLAG if ctyp == 0 else _NORMAL,
+                scores=[
+                    hexz_pb2.SuggestMoveStats.Score(
+                        kind=kinds.Value("FINAL"), score=float(share[i])
+                    ),
+                    hexz_pb2.SuggestMoveStats.Score(
+                        kind=kinds.Value("MCTS_PRIOR"), score=float(children["prior"][i])
+                    ),
+                ],
+            )
+        )
+    return resp.SerializeToString()
+
+
+def worker_config(settings: Settings) -> hexz_pb2.WorkerConfig:
+    """The WorkerConfig describing this process's self-play settings."""
+    return hexz_pb2.WorkerConfig(
+        device=settings.device,
+        worker_threads=torch.get_num_threads(),
+        fibers_per_thread=settings.games_in_flight,
+        prediction_batch_size=settings.games_in_flight,
+        runs_per_move=settings.runs_per_move,
+        uct_c=settings.uct_c,
+        initial_root_q_value=settings.initial_root_q_value,
+        initial_q_penalty=settings.initial_q_penalty,
+        dirichlet_concentration=settings.dirichlet_concentration,
+        fast_move_prob=settings.fast_move_prob,
+        runs_per_fast_move=settings.runs_per_fast_move,
+    )
+
+
+def selfplay_to_archive(
+    model_path: str | Path,
+    games: int,
+    out: str | Path,
+    settings: Settings,
+    seed: int | None = None,
+    *,
+    progress_interval_s: float = 10.0,
+) -> int:
+    """`hexz selfplay`: plays `games` games and writes one gzip-compressed
+    AddTrainingExamplesRequest to `out` (atomically). Logs progress to stderr.
+    Returns 0 (the exit status)."""
+    if games < 1:
+        raise ValueError(f"--games must be positive, got {games}")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"output directory {out.parent} does not exist")
+    if settings.inference_threads > 0:
+        torch.set_num_threads(settings.inference_threads)
+    evaluator = Evaluator(model_path, settings.device)
+    req = hexz_pb2.AddTrainingExamplesRequest(
+        execution_id=str(uuid.uuid4()), worker_config=worker_config(settings)
+    )
+    start = time.monotonic()
+    last = [start]
+
+    def report(stats: dict[str, Any], force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - last[0] < progress_interval_s:
+            return
+        last[0] = now
+        elapsed = max(now - start, 1e-9)
+        print(
+            f"selfplay: {stats.get('games_finished', 0)}/{games} games, "
+            f"{stats.get('examples', 0)} examples, "
+            f"{stats.get('evaluations', 0) / elapsed:.0f} evals/s, {elapsed:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    stats: dict[str, Any] = {}
+    for record in play_games(evaluator, games, settings, seed, stats=stats, on_step=report):
+        req.examples.extend(record.examples)
+    report(stats, force=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with gzip.open(tmp, "wb") as f:
+            f.write(req.SerializeToString())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return 0

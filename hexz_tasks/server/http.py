@@ -1,0 +1,275 @@
+"""The HTTP server: the CPU player for the game server, status pages and JSON.
+
+A Flask app (:func:`create_app`) served by waitress with a bounded thread pool
+(:func:`make_http_server`). Client mistakes are answered with 4xx and a message that
+says what is wrong; only the server's own bugs become a 500.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import redis
+from flask import Flask, Response, jsonify, render_template, request
+from markupsafe import Markup
+from werkzeug.exceptions import HTTPException
+
+from hexz_tasks import hexz_pb2
+from hexz_tasks.examples import decode_array
+from hexz_tasks.server import overview as ov
+from hexz_tasks.server import svg
+from hexz_tasks.server.player import Busy, ClientError, Unavailable
+from hexz_tasks.server.state import ServerState
+
+PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf", "application/octet-stream")
+# A SuggestMoveRequest is a few kB; anything this big is not one.
+MAX_BODY_BYTES = 1 << 20
+MAX_EXAMPLES_SHOWN = 50
+
+
+def create_app(state: ServerState) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException) -> tuple[Response, int]:
+        return _error(e.code or 500, e.description or e.name)
+
+    @app.post("/hexz/cpu/suggest")
+    def suggest() -> Response | tuple[Response, int]:
+        ctype = (request.mimetype or "").lower()
+        if ctype not in PROTOBUF_TYPES:
+            return _error(
+                400,
+                f"Content-Type must be application/x-protobuf (a serialized "
+                f"SuggestMoveRequest), got {request.content_type or 'none'!r}",
+            )
+        try:
+            out = state.player.suggest(request.get_data(cache=False))
+        except ClientError as e:
+            return _error(400, str(e))
+        except (Busy, Unavailable) as e:
+            return _error(503, str(e))
+        return Response(out, mimetype="application/x-protobuf")
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        ok = ov.redis_ok(state.redis)
+        body = {"ok": ok, "redis": ok, "cpu_player_model": state.models.describe()}
+        return jsonify(body), (200 if ok else 503)
+
+    @app.get("/status.json")
+    def status_json() -> Response:
+        return jsonify(ov.overview(state))
+
+    @app.get("/training_runs.json")
+    def runs_json() -> Response:
+        """The runs as the trainer recorded them (all epochs' losses and timings)."""
+        return jsonify(ov.training_runs(state))
+
+    @app.get("/checkpoints.json")
+    def checkpoints_json() -> Response:
+        return jsonify(ov.checkpoints(state))
+
+    @app.get("/")
+    def status_page() -> str:
+        data = ov.overview(state)
+        return render_template("status.html", s=data, plots=_plots(data), fmt_time=_fmt_time)
+
+    @app.get("/examples/latest")
+    def latest_examples() -> str:
+        n = _count_arg()
+        newest_first = reversed(ov.latest_examples(state, n))
+        shown = [_example_view(i, ex) for i, ex in enumerate(newest_first)]
+        return render_template("examples.html", examples=shown, n=n, fmt_time=_fmt_time)
+
+    @app.get("/examples/latest.json")
+    def latest_examples_json() -> Response:
+        n = _count_arg()
+        out = []
+        for ex in reversed(ov.latest_examples(state, n)):
+            out.append(
+                {
+                    "unix_micros": ex.unix_micros,
+                    "turn": ex.turn,
+                    "result": ex.result,
+                    "move": _move_dict(ex),
+                    "value": ex.model_predictions.value
+                    if ex.HasField("model_predictions")
+                    else None,
+                    "model_key": {"name": ex.model_key.name, "checkpoint": ex.model_key.checkpoint}
+                    if ex.HasField("model_key")
+                    else None,
+                }
+            )
+        return jsonify(out)
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status=204)
+
+    @app.errorhandler(redis.RedisError)
+    def redis_down(e: redis.RedisError) -> tuple[Response, int]:
+        return _error(503, f"Redis is unavailable: {e}")
+
+    return app
+
+
+def _count_arg() -> int:
+    raw = request.args.get("n", "8")
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ClientArgError(f"n must be an integer, got {raw!r}") from None
+    if not 1 <= n <= MAX_EXAMPLES_SHOWN:
+        raise ClientArgError(f"n must be between 1 and {MAX_EXAMPLES_SHOWN}, got {n}")
+    return n
+
+
+class ClientArgError(HTTPException):
+    code = 400
+
+
+def _error(code: int, message: str) -> tuple[Response, int]:
+    """Plain text for browsers and scripts alike; the message says what is wrong."""
+    return Response(message + "\n", status=code, mimetype="text/plain"), code
+
+
+def _fmt_time(t: float | None) -> str:
+    if not t:
+        return "-"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _loss_series(runs: list[dict[str, Any]]) -> list[svg.Series]:
+    """Final-epoch losses (total, policy, value) against the checkpoint each run made."""
+    series = []
+    for name in ("loss", "policy_loss", "value_loss"):
+        pts = [
+            (float(r["checkpoint"]), r[name])
+            for r in runs
+            if r[name] is not None and isinstance(r["checkpoint"], int)
+        ]
+        if pts:
+            series.append(svg.Series(name, pts))
+    return series
+
+
+def _plots(data: dict[str, Any]) -> dict[str, Markup]:
+    plots = {
+        "loss": svg.line_plot(
+            _loss_series(data["training_runs"]) or [svg.Series("loss", [])],
+            title="Training loss per checkpoint",
+            x_label="checkpoint",
+            y_label="loss",
+        ),
+        "examples_per_hour": svg.line_plot(
+            [svg.Series("examples/hour", [tuple(p) for p in data["examples_per_hour"]])],
+            title="Examples per hour (between trainings)",
+            x_label="hours from now",
+            y_label="examples / hour",
+        ),
+        "examples_per_minute": svg.line_plot(
+            [
+                svg.Series(
+                    "examples/minute", [tuple(p) for p in data["examples"]["examples_per_minute"]]
+                )
+            ],
+            title="Examples per minute, last hour",
+            x_label="minutes from now",
+            y_label="examples",
+            bars=True,
+        ),
+    }
+    if data["ratings"]:
+        pts = [
+            (float(r["checkpoint"]), float(r["rating"]))
+            for r in data["ratings"]
+            if "checkpoint" in r and "rating" in r
+        ]
+        plots["ratings"] = svg.line_plot(
+            [svg.Series("rating", pts)],
+            title="Rating per checkpoint",
+            x_label="checkpoint",
+            y_label="rating",
+        )
+    # The SVG is built from numbers and escaped text only (svg.py), so it is safe markup.
+    return {k: Markup(v) for k, v in plots.items()}
+
+
+def _move_dict(ex: hexz_pb2.TrainingExample) -> dict[str, Any] | None:
+    if not ex.HasField("move"):
+        return None
+    m = ex.move
+    return {
+        "player_num": m.player_num,
+        "move": m.move,
+        "row": m.row,
+        "col": m.col,
+        "cell_type": hexz_pb2.Field.CellType.Name(m.cell_type),
+    }
+
+
+def _example_view(i: int, ex: hexz_pb2.TrainingExample) -> dict[str, Any]:
+    """Template data for one example; undecodable arrays are shown as an error, not a 500."""
+    view: dict[str, Any] = {
+        "index": i,
+        "turn": ex.turn,
+        "result": ex.result,
+        "time": ex.unix_micros / 1e6 if ex.unix_micros else None,
+        "move": _move_dict(ex),
+        "value": ex.model_predictions.value if ex.HasField("model_predictions") else None,
+        "model": f"{ex.model_key.name}:{ex.model_key.checkpoint}"
+        if ex.HasField("model_key")
+        else "-",
+        "svg": None,
+        "error": None,
+        "top_moves": [],
+    }
+    try:
+        board = decode_array(ex.board, ex.encoding, "board")
+        probs = decode_array(ex.move_probs, ex.encoding, "move_probs")
+        move = None
+        if ex.HasField("move"):
+            typ = 0 if ex.move.cell_type == hexz_pb2.Field.FLAG else 1
+            move = (typ, ex.move.row, ex.move.col)
+        drawing = svg.BoardDrawing(board=board, move_probs=probs, move=move)
+        view["svg"] = Markup(svg.board_svg(drawing, title=f"example {i}"))
+        flat = probs.reshape(-1)
+        for k in np.argsort(-flat)[:5]:
+            if flat[k] > 0:
+                typ, cell = divmod(int(k), 110)
+                view["top_moves"].append(
+                    {
+                        "kind": "flag" if typ == 0 else "piece",
+                        "r": cell // 10,
+                        "c": cell % 10,
+                        "p": float(flat[k]),
+                    }
+                )
+    except ValueError as e:
+        view["error"] = str(e)
+    return view
+
+
+def make_http_server(app: Flask, host: str, port: int, threads: int) -> Any:
+    """A waitress server (not yet running) with `threads` worker threads.
+
+    Requests beyond the threads queue in waitress's bounded backlog; the CPU player's
+    own limit (max_concurrent_suggestions) is below `threads` so that status pages and
+    health checks stay responsive while searches run.
+    """
+    from waitress.server import create_server
+
+    return create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        connection_limit=256,
+        channel_timeout=120,
+        ident="hexz",
+        clear_untrusted_proxy_headers=True,
+    )

@@ -1,0 +1,235 @@
+"""The data behind the status page and /status.json: one plain dict of JSON values."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from hexz_tasks import hexz_pb2
+from hexz_tasks.server.player import Unavailable
+from hexz_tasks.server.state import ServerState
+
+log = logging.getLogger(__name__)
+
+SECRET_SETTINGS = ("flower_basic_auth",)
+MAX_RUNS = 500
+MAX_CHECKPOINTS = 200
+
+
+def settings_dict(state: ServerState) -> dict[str, Any]:
+    """All settings as JSON values, secrets masked."""
+    from hexz_tasks.redis_server import masked_url
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(state.settings):
+        v = getattr(state.settings, f.name)
+        if isinstance(v, Path):
+            v = str(v)
+        if f.name in SECRET_SETTINGS and v:
+            v = "***"
+        if f.name == "redis_url" and v:
+            v = masked_url(v)
+        out[f.name] = v
+    return out
+
+
+def training_runs(state: ServerState) -> list[dict[str, Any]]:
+    """The newest MAX_RUNS entries of Keys.training_runs, as stored."""
+    runs = []
+    for raw in state.redis.lrange(state.keys.training_runs, -MAX_RUNS, -1):
+        try:
+            run = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(run, dict):
+            runs.append(run)
+    return runs
+
+
+def run_summary(run: dict[str, Any]) -> dict[str, Any]:
+    """The fields the page shows, from either the Celery task's or train_once's record:
+    final-epoch losses, when it finished (unix time), how long it took."""
+    last = run.get("losses")[-1] if isinstance(run.get("losses"), list) and run["losses"] else {}
+    finished = run.get("finished")
+    if not isinstance(finished, int | float) and isinstance(run.get("end"), str):
+        try:
+            finished = datetime.fromisoformat(run["end"]).timestamp()
+        except ValueError:
+            finished = None
+    seconds = run.get("seconds", run.get("duration_s"))
+
+    def num(v: Any) -> float | None:
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    return {
+        "checkpoint": run.get("checkpoint"),
+        "finished": num(finished),
+        "seconds": num(seconds),
+        "loss": num(last.get("loss", run.get("loss"))) if isinstance(last, dict) else None,
+        "policy_loss": num(last.get("policy")) if isinstance(last, dict) else None,
+        "value_loss": num(last.get("value")) if isinstance(last, dict) else None,
+        "examples_total": num(run.get("examples_total")),
+        "examples_window": num(run.get("examples_window")),
+        "samples_per_s": num(run.get("samples_per_s")),
+        "host": run.get("host", ""),
+    }
+
+
+def checkpoints(state: ServerState) -> list[dict[str, Any]]:
+    """Checkpoints on disk (newest MAX_CHECKPOINTS) with their stats.json."""
+    out = []
+    for n in state.repo.checkpoints()[-MAX_CHECKPOINTS:]:
+        d = state.repo.checkpoint_dir(n)
+        try:
+            stats = state.repo.load_stats(n)
+            created = (d / "model.pt").stat().st_mtime
+        except (OSError, ValueError):
+            stats, created = {}, None
+        out.append({"checkpoint": n, "created": created, "stats": stats})
+    return out
+
+
+def examples(state: ServerState, now: float) -> dict[str, Any]:
+    """Counters of the store and rates from the per-minute counters of the self-play tasks."""
+    out: dict[str, Any] = dict(state.store.counters())
+    rates_key = getattr(state.keys, "rates", None)
+    per_minute: dict[int, int] = {}
+    if rates_key is not None:
+        for k, v in state.redis.hgetall(rates_key).items():
+            minute, _, what = k.decode().partition(":")
+            if what == "examples" and minute.isdigit():
+                per_minute[int(minute)] = int(v)
+    this_minute = int(now // 60)
+    out["examples_last_hour"] = sum(v for m, v in per_minute.items() if this_minute - m < 60)
+    out["examples_per_minute"] = [
+        [m - this_minute, per_minute.get(m, 0)] for m in range(this_minute - 59, this_minute + 1)
+    ]
+    return out
+
+
+def examples_per_hour(runs: list[dict[str, Any]], now: float) -> list[list[float]]:
+    """[hours from now, examples per hour] between consecutive training runs, from the
+    example total each run was trained at (`run_summary` of each run)."""
+    points = sorted(
+        (r["finished"], r["examples_total"])
+        for r in runs
+        if r["finished"] is not None and r["examples_total"] is not None
+    )
+    out = []
+    for (t0, n0), (t1, n1) in itertools.pairwise(points):
+        if t1 > t0 and n1 >= n0:
+            out.append([round((t1 - now) / 3600, 3), round((n1 - n0) / (t1 - t0) * 3600, 1)])
+    return out
+
+
+def pipeline(state: ServerState) -> dict[str, Any]:
+    """Queue depths and live workers (hexz_tasks.status, without the slow worker ping)."""
+    from hexz_tasks.status import gather_status
+
+    try:
+        out = gather_status(state.settings, state.redis, inspect_timeout=0)
+    except Exception as e:
+        log.warning("pipeline status failed: %s", e)
+        return {"error": str(e), "queues": {}, "workers": {}}
+    out.setdefault("queues", {})
+    out.setdefault("workers", {})
+    return out
+
+
+def ratings(state: ServerState) -> list[dict[str, Any]] | None:
+    """Hook for the arena: [{"checkpoint": N, "rating": R, ...}], or None while there are none.
+
+    hexz_tasks.ratings provides ``status_ratings(settings, redis_client, keys)`` once the
+    arena exists; until then the page shows a placeholder.
+    """
+    try:
+        from hexz_tasks.ratings import status_ratings  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    try:
+        return status_ratings(state.settings, state.redis, state.keys)
+    except Exception as e:
+        log.warning("ratings failed: %s", e)
+        return None
+
+
+def overview(state: ServerState) -> dict[str, Any]:
+    now = time.time()
+    runs = training_runs(state)
+    summaries = [run_summary(r) for r in runs]
+    active = state.redis.get(state.keys.training_active)
+    try:
+        latest = state.latest_model_key()
+        latest_model = {"name": latest.name, "checkpoint": latest.checkpoint}
+    except Unavailable:
+        latest_model = None
+    return {
+        "time": now,
+        "server": {
+            "started": state.started,
+            "uptime_s": round(now - state.started, 1),
+            "cpu_player_model": state.models.describe(),
+            "cpu_player": state.player.stats(),
+        },
+        "latest_model": latest_model,
+        "training_active": json.loads(active) if active else None,
+        "examples": examples(state, now),
+        "examples_per_hour": examples_per_hour(summaries, now),
+        "training_runs": summaries,
+        "checkpoints": checkpoints(state),
+        "pipeline": pipeline(state),
+        "ratings": ratings(state),
+        "settings": settings_dict(state),
+    }
+
+
+def latest_examples(state: ServerState, n: int) -> list[hexz_pb2.TrainingExample]:
+    """The newest `n` examples: from the Redis stream, else the trainer's dataset on disk."""
+    from hexz_tasks import codec
+
+    found: list[hexz_pb2.TrainingExample] = []
+    for _, fields in state.redis.xrevrange(state.keys.examples_stream, count=n):
+        try:
+            exs = codec.to_examples(codec.from_blob(fields[b"d"]))
+        except (KeyError, ValueError) as e:
+            log.warning("skipping an undecodable stream entry: %s", e)
+            continue
+        found = exs + found
+        if len(found) >= n:
+            return found[-n:]
+    return (_from_dataset(state, n - len(found)) + found)[-n:]
+
+
+def _from_dataset(state: ServerState, n: int) -> list[hexz_pb2.TrainingExample]:
+    if n <= 0 or not state.repo.examples_store_dir.is_dir():
+        return []
+    from hexz_tasks import codec
+    from hexz_tasks.dataset import Dataset
+
+    try:
+        ds = Dataset(state.repo.examples_store_dir)
+        chunks = ds.chunks()
+        if not chunks:
+            return []
+        cols = ds.read_chunk(chunks[-1])
+        rows = np.arange(max(0, codec.num_rows(cols) - n), codec.num_rows(cols))
+        return codec.to_examples(codec.take_rows(cols, rows))
+    except (OSError, ValueError) as e:
+        log.warning("cannot read the trainer's dataset: %s", e)
+        return []
+
+
+def redis_ok(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False

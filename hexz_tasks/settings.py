@@ -1,0 +1,278 @@
+"""All settings in one place, read from ``HEXZ_<NAME>`` environment variables.
+
+Defaults follow shared/spec/selfplay-and-training.md. Parsing is strict: a malformed
+value or an unknown ``HEXZ_*`` variable fails at start-up with a message naming the
+variable, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+ENV_PREFIX = "HEXZ_"
+
+# Variables that other programs of the Hexz family read from the same environment;
+# they are not ours to validate.
+FOREIGN_VARIABLES = frozenset({"HEXZ_TRAINING_SERVER_ADDR"})
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Self-play search (the reference algorithm's settings) ---
+    runs_per_move: int = 800
+    runs_per_fast_move: int = 100
+    fast_move_prob: float = 0.0
+    uct_c: float = 1.5
+    initial_root_q_value: float = -0.2
+    initial_q_penalty: float = 0.3
+    dirichlet_concentration: float = 0.0
+    random_playouts: int = 0
+    # Resign (end the game, the player to move loses) once the root value of the
+    # player to move falls below this; None = off.
+    resign_threshold: float | None = None
+    max_moves_per_game: int = 200
+    # End a self-play game once the player to move is stuck and behind (the result
+    # cannot change any more). Off by default, as in the reference.
+    end_game_when_stuck: bool = False
+    # Reuse the network output of a position already expanded in the current search
+    # tree (a transposition) instead of evaluating it again. Same search, fewer
+    # evaluations; off = evaluate every leaf like the reference.
+    eval_cache: bool = True
+    suspend_while_training: bool = False
+    # Games a self-play task advances together (one network batch per step).
+    games_in_flight: int = 128
+    # Games a self-play task finishes before it returns.
+    games_per_task: int = 128
+    # Torch intra-op threads for inference in a self-play process (0 = torch default).
+    inference_threads: int = 0
+
+    # --- Model and training ---
+    data_dir: Path = Path("hexz-data")
+    # Defaults to <data_dir> when unset (the spec's model_repo_base_dir).
+    model_repo_base_dir: Path | None = None
+    model_name: str = "flagz"
+    model_type: Literal["conv2d", "resnet"] = "conv2d"
+    model_blocks: int = 5
+    model_filters: int = 128
+    batch_size: int = 4096
+    training_mode: Literal["window", "replay"] = "window"
+    training_trigger_threshold: int = 100
+    training_examples_window_size: int = 2**20
+    num_epochs: int = 7
+    replay_buffer_size: int = 2**16
+    replay_buffer_reuse: int = 3
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = 1e-3
+    adam_weight_decay: float = 1e-4
+    sgd_momentum: float = 0.9
+    # Step-down schedule "step:lr,step:lr,..." in optimiser steps, e.g.
+    # "0:0.2,20000:0.02,40000:0.002"; empty = constant learning_rate.
+    lr_schedule: str = ""
+    device: str = "cpu"
+    shuffle: bool = True
+    pin_memory: bool = False
+    # Seconds between beat ticks of the training task.
+    training_check_interval_s: float = 5.0
+
+    # --- Arena and ratings (hexz_tasks.arena, hexz_tasks.ratings) ---
+    # Runs (or pure-MCTS playouts) per move and games per match (even: each board is
+    # played twice, seats swapped) of the automatic checkpoint evaluation.
+    arena_runs_per_move: int = 100
+    arena_games: int = 20
+    # 0 = play the most visited move; > 0 = sample by visits ** (1 / temperature).
+    arena_temperature: float = 0.0
+    # Seconds between beat ticks of the automatic evaluation (one match per tick at most).
+    arena_interval_s: float = 60.0
+    # Self-play switches to a new checkpoint only once it scores at least this against the
+    # one self-play uses now; None = always the newest.
+    promotion_min_score: float | None = None
+
+    # --- Infrastructure ---
+    # None: the project starts and manages its own redis-server in data_dir.
+    redis_url: str | None = None
+    key_prefix: str = "hexz"
+    # Hard time limit of one Celery task (a self-play batch, a training run); the soft
+    # limit is 90 % of it. Must stay below visibility_timeout_s.
+    task_time_limit_s: float = 3600.0
+    # Seconds after which Redis redelivers a task whose worker vanished without an ack.
+    visibility_timeout_s: float = 3900.0
+    # Deliveries of one task (first run + redeliveries after a lost worker) before it is dropped.
+    task_max_deliveries: int = 3
+    # A TorchScript file the CPU player uses instead of the newest checkpoint.
+    local_model_path: Path | None = None
+    # Upper bounds the CPU player applies to a request's think time / iterations.
+    max_think_time_ms: int = 10_000
+    max_suggest_iterations: int = 100_000
+    # CPU player requests searched at the same time; more wait for a free slot.
+    max_concurrent_suggestions: int = 4
+    flower_basic_auth: str | None = None
+
+    @property
+    def repo_base_dir(self) -> Path:
+        return self.model_repo_base_dir or self.data_dir
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Reads HEXZ_* variables from `env` (default: os.environ); overrides win."""
+        env = os.environ if env is None else env
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(
+            k
+            for k in env
+            if k.startswith(ENV_PREFIX)
+            and k not in FOREIGN_VARIABLES
+            and k[len(ENV_PREFIX) :].lower() not in known
+        )
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = ENV_PREFIX + f.name.upper()
+            if var in env:
+                values[f.name] = _parse(var, env[var], hints[f.name])
+        for name, value in overrides.items():
+            if name not in known:
+                raise SettingsError(f"unknown setting: {name}")
+            values[name] = value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        settings = dataclasses.replace(self, **changes)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = [
+            "runs_per_move", "runs_per_fast_move", "max_moves_per_game", "games_in_flight",
+            "games_per_task", "model_blocks", "model_filters", "batch_size",
+            "training_trigger_threshold", "training_examples_window_size", "num_epochs",
+            "replay_buffer_size", "replay_buffer_reuse", "max_think_time_ms",
+            "max_suggest_iterations", "max_concurrent_suggestions",
+        ]  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_var(name)} must be positive, got {getattr(self, name)}")
+        nonnegative = ["random_playouts", "inference_threads", "dirichlet_concentration"]
+        for name in [*nonnegative, "arena_temperature"]:
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{_var(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ["learning_rate", "training_check_interval_s", "arena_interval_s"]:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_var(name)} must be positive, got {getattr(self, name)}")
+        if self.arena_runs_per_move <= 0 or self.arena_games <= 0 or self.arena_games % 2:
+            raise SettingsError(
+                "HEXZ_ARENA_RUNS_PER_MOVE must be positive and HEXZ_ARENA_GAMES positive and "
+                f"even, got {self.arena_runs_per_move} and {self.arena_games}"
+            )
+        if self.promotion_min_score is not None and not 0 <= self.promotion_min_score <= 1:
+            raise SettingsError(
+                f"HEXZ_PROMOTION_MIN_SCORE must be in [0, 1], got {self.promotion_min_score}"
+            )
+        if not 0.0 <= self.fast_move_prob <= 1.0:
+            raise SettingsError(f"HEXZ_FAST_MOVE_PROB must be in [0, 1], got {self.fast_move_prob}")
+        if not -1.0 <= self.initial_root_q_value <= 1.0:
+            raise SettingsError(
+                f"HEXZ_INITIAL_ROOT_Q_VALUE must be in [-1, 1], got {self.initial_root_q_value}"
+            )
+        if self.model_type == "resnet" and self.model_blocks < 1:
+            raise SettingsError("HEXZ_MODEL_BLOCKS must be >= 1 for resnet")
+        if not self.model_name or "/" in self.model_name or self.model_name.startswith("."):
+            raise SettingsError(f"HEXZ_MODEL_NAME is not a valid name: {self.model_name!r}")
+        if self.device != "cpu" and not (
+            self.device == "cuda" or self.device.startswith("cuda:") or self.device == "mps"
+        ):
+            raise SettingsError(
+                f"HEXZ_DEVICE must be cpu, cuda, cuda:N or mps, got {self.device!r}"
+            )
+        parse_lr_schedule(self.lr_schedule)
+        if not 0 < self.task_time_limit_s < self.visibility_timeout_s:
+            raise SettingsError(
+                "HEXZ_TASK_TIME_LIMIT_S must be positive and below HEXZ_VISIBILITY_TIMEOUT_S, "
+                f"got {self.task_time_limit_s} and {self.visibility_timeout_s}"
+            )
+        if self.task_max_deliveries < 1:
+            raise SettingsError(
+                f"HEXZ_TASK_MAX_DELIVERIES must be positive, got {self.task_max_deliveries}"
+            )
+        if self.flower_basic_auth is not None and ":" not in self.flower_basic_auth:
+            raise SettingsError("HEXZ_FLOWER_BASIC_AUTH must be user:password[,user:password]")
+
+    def to_json(self) -> str:
+        """The whole configuration, for writing next to a checkpoint."""
+        return json.dumps(
+            {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in dataclasses.asdict(self).items()
+            },
+            indent=2,
+            sort_keys=True,
+        )
+
+
+def parse_lr_schedule(text: str) -> list[tuple[int, float]]:
+    """Parses "step:lr,step:lr" into a sorted list; raises SettingsError if malformed."""
+    if not text.strip():
+        return []
+    schedule = []
+    for part in text.split(","):
+        try:
+            step, lr = part.split(":")
+            schedule.append((int(step), float(lr)))
+        except ValueError:
+            raise SettingsError(
+                f"HEXZ_LR_SCHEDULE must look like '0:0.2,1000:0.02', got {text!r}"
+            ) from None
+    schedule.sort()
+    if schedule[0][0] != 0 or any(lr <= 0 for _, lr in schedule):
+        raise SettingsError(f"HEXZ_LR_SCHEDULE must start at step 0 with positive rates: {text!r}")
+    return schedule
+
+
+def _var(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _parse(var: str, raw: str, typ: Any) -> Any:
+    text = raw.strip()
+    args = get_args(typ)
+    if type(None) in args:  # Optional: empty means None
+        if text == "" or text.lower() == "none":
+            return None
+        typ = next(a for a in args if a is not type(None))
+        args = get_args(typ)
+    try:
+        if typ is bool:
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+        if typ is int:
+            return int(text.replace("_", ""))
+        if typ is float:
+            return float(text)
+        if typ is Path:
+            return Path(text).expanduser()
+        if args and all(isinstance(a, str) for a in args):  # Literal
+            if text not in args:
+                raise ValueError(f"expected one of {', '.join(args)}")
+            return text
+        return text
+    except ValueError as e:
+        raise SettingsError(f"{var}={raw!r} is invalid: {e}") from None

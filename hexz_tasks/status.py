@@ -1,0 +1,165 @@
+"""Where the pipeline stands: :func:`gather_status` (a dict, also for the web status page)
+and `hexz status` (:func:`print_status`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from hexz_tasks.keys import Keys
+from hexz_tasks.redis_server import connect, masked_url, redis_url
+from hexz_tasks.settings import Settings
+
+RATE_MINUTES = 10
+
+
+def gather_status(
+    settings: Settings,
+    r: redis.Redis | None = None,
+    *,
+    inspect_timeout: float = 1.0,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Everything `hexz status` shows, JSON-serialisable.
+
+    Workers come from the registry live workers keep in Redis; with `inspect_timeout` > 0
+    they are also pinged (a broadcast that waits that long). When Redis cannot be reached
+    the dict has only "redis" and "error".
+    """
+    from hexz_tasks.celery import GPU_QUEUE, SELFPLAY_QUEUE, live_workers
+    from hexz_tasks.store import ExampleStore
+
+    now = time.time() if now is None else now
+    keys = Keys(settings.key_prefix)
+    r = r or connect(settings, retries=0)  # answer now, not after a long retry
+    out: dict[str, Any] = {"redis": masked_url(redis_url(settings)), "time": now}
+    try:
+        r.ping()
+    except redis.RedisError as e:
+        out["error"] = f"cannot reach Redis at {out['redis']}: {e}"
+        return out
+
+    counters = ExampleStore(r, keys).counters()
+    games_rate, examples_rate = _rates(r, keys, now)
+    out["examples"] = {
+        "total": counters["examples"],
+        "pending_in_redis": counters["pending"],
+        "since_training": max(0, counters["examples"] - counters["trained"]),
+        "per_minute": examples_rate,
+    }
+    out["games"] = {"total": counters["games"], "per_minute": games_rate}
+    out["batches"] = counters["batches"]
+
+    latest = r.get(keys.latest_model)
+    out["model"] = {
+        "name": settings.model_name,
+        "published": json.loads(latest) if latest else None,
+        "checkpoints_on_disk": _local_checkpoints(settings),
+    }
+
+    active = r.get(keys.training_active)
+    runs = r.llen(keys.training_runs)
+    last = r.lindex(keys.training_runs, -1)
+    out["training"] = {
+        "active": json.loads(active) if active else None,
+        "runs": runs,
+        "last_run": json.loads(last) if last else None,
+    }
+
+    running = {k.decode(): json.loads(v) for k, v in r.hgetall(keys.selfplay_running).items()}
+    out["queues"] = {SELFPLAY_QUEUE: r.llen(SELFPLAY_QUEUE), GPU_QUEUE: r.llen(GPU_QUEUE)}
+    out["selfplay_running"] = len(running)
+
+    workers = live_workers(r, keys, now)
+    if inspect_timeout > 0:
+        pongs = _ping(settings, inspect_timeout)
+        for name, entry in workers.items():
+            entry["responds"] = name in pongs
+        for name in pongs - workers.keys():
+            workers[name] = {"responds": True}
+    out["workers"] = workers
+    return out
+
+
+def _rates(r: redis.Redis, keys: Keys, now: float) -> tuple[float, float]:
+    """Games and examples per minute over the last RATE_MINUTES complete minutes."""
+    minute = int(now // 60)
+    fields = [
+        f"{m}:{kind}"
+        for m in range(minute - RATE_MINUTES, minute)
+        for kind in ("games", "examples")
+    ]
+    values = [int(v or 0) for v in r.hmget(keys.rates, fields)]
+    return sum(values[0::2]) / RATE_MINUTES, sum(values[1::2]) / RATE_MINUTES
+
+
+def _local_checkpoints(settings: Settings) -> list[int] | None:
+    """Checkpoint numbers in this machine's model repository (None if it has none)."""
+    from hexz_tasks.repository import ModelRepository
+
+    cps = ModelRepository(settings.repo_base_dir, settings.model_name).checkpoints()
+    return cps or None
+
+
+def _ping(settings: Settings, timeout: float) -> set[str]:
+    from hexz_tasks.celery import make_app
+
+    app = make_app(settings)
+    try:
+        replies = app.control.ping(timeout=timeout)
+    finally:
+        app.close()
+    return {name for reply in replies for name in reply}
+
+
+def print_status(settings: Settings) -> int:
+    """`hexz status`."""
+    s = gather_status(settings)
+    print(f"Redis:       {s['redis']}")
+    if "error" in s:
+        print(f"error:       {s['error']}")
+        print("             start the pipeline with `hexz run` (or `hexz redis`)")
+        return 1
+    ex, games, model, training = s["examples"], s["games"], s["model"], s["training"]
+    print(
+        f"examples:    {ex['total']} stored, {ex['per_minute']:.0f}/min "
+        f"(last {RATE_MINUTES} min), {ex['since_training']} since the last training, "
+        f"{ex['pending_in_redis']} waiting in Redis"
+    )
+    print(f"games:       {games['total']} self-play games, {games['per_minute']:.1f}/min")
+    published = model["published"]
+    print(
+        f"model:       {model['name']}, published checkpoint "
+        f"{published['checkpoint'] if published else 'none yet'}; on this disk: "
+        f"{_span(model['checkpoints_on_disk'])}"
+    )
+    line = f"training:    {training['runs']} run(s)"
+    if training["active"]:
+        line += f", training from checkpoint {training['active'].get('checkpoint')} now"
+    last = training["last_run"]
+    if last:
+        line += f"; last made checkpoint {last.get('checkpoint')} in {last.get('seconds', '?')} s"
+    print(line)
+    print(
+        "queues:      "
+        + ", ".join(f"{q} {n} waiting" for q, n in s["queues"].items())
+        + f"; {s['selfplay_running']} self-play task(s) running"
+    )
+    if not s["workers"]:
+        print("workers:     none (start them with `hexz run` or `honcho start`)")
+    for name, w in sorted(s["workers"].items()):
+        queues = ",".join(w.get("queues", [])) or "?"
+        alive = "" if w.get("responds", True) else " (busy or not answering a ping)"
+        print(
+            f"worker:      {name}: queues {queues}, {w.get('concurrency', '?')} process(es){alive}"
+        )
+    return 0
+
+
+def _span(cps: list[int] | None) -> str:
+    if not cps:
+        return "none"
+    return f"{len(cps)} ({cps[0]}..{cps[-1]})"

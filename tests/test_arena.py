@@ -1,0 +1,274 @@
+"""Arena matches: seat swapping, pairing, determinism, scores with paired intervals,
+real strength (pure MCTS beats random), storage in a real Redis, the CLI and the task."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import torch
+from conftest import REPO_ROOT, TEST_PREFIX, Procs, RedisServer, tiny_env
+
+from hexz_tasks.arena import (
+    _t_quantile_975,
+    load_player,
+    paired_score,
+    parse_player,
+    play_match,
+    run_match,
+    stored_games,
+    stored_matches,
+)
+from hexz_tasks.keys import Keys
+from hexz_tasks.model import HexzNet, ModelParams, to_scriptmodule_bytes
+from hexz_tasks.repository import ModelRepository
+from hexz_tasks.settings import Settings
+
+
+def settings_for(tmp_path: Path, **overrides: object) -> Settings:
+    return Settings.from_env(
+        {}, data_dir=tmp_path / "data", model_name="arena", inference_threads=1, **overrides
+    )
+
+
+def players(settings: Settings, a: str, b: str):
+    return [load_player(parse_player(p, settings), settings) for p in (a, b)]
+
+
+def without_time(games: list[dict]) -> list[dict]:
+    return [{k: v for k, v in g.items() if k not in ("time", "match")} for g in games]
+
+
+def tiny_net_file(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    path.write_bytes(to_scriptmodule_bytes(HexzNet("conv2d", 1, 8)))
+    return path
+
+
+# ------------------------------------------------------------------ pairing
+
+
+def test_each_board_is_played_twice_with_seats_swapped(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    result = play_match(*players(s, "mcts:4", "random"), 8, 4, seed=3, settings=s)
+    games = result.games
+    assert [g["game"] for g in games] == list(range(8))
+    for k in range(4):
+        even, odd = games[2 * k], games[2 * k + 1]
+        assert even["pair"] == odd["pair"] == k
+        assert even["board_seed"] == odd["board_seed"]
+        assert (even["first"], even["second"]) == ("mcts:4", "random")
+        assert (odd["first"], odd["second"]) == ("random", "mcts:4")
+    assert len({g["board_seed"] for g in games}) == 4
+    for g in games:
+        p0 = 1.0 if g["result"] > 0 else 0.5 if g["result"] == 0 else 0.0
+        assert g["a_points"] == (p0 if g["first"] == "mcts:4" else 1.0 - p0)
+        assert g["result"] == int(np.sign(g["score"][0] - g["score"][1]))
+        assert g["winner"] == (g["first"] if g["result"] > 0 else g["second"])
+    pairs = result.pair_scores()
+    assert pairs == [
+        (games[2 * k]["a_points"] + games[2 * k + 1]["a_points"]) / 2 for k in range(4)
+    ]
+    summary = result.summary()
+    assert summary["score"] == pytest.approx(np.mean(pairs))
+    assert summary["a_wins"] + summary["draws"] + summary["a_losses"] == 8
+
+
+def test_a_match_is_deterministic_for_its_seed_and_game_i_depends_only_on_seed_and_i(
+    tmp_path: Path,
+) -> None:
+    s = settings_for(tmp_path)
+    first = play_match(*players(s, "mcts:6", "mcts:3"), 6, 6, seed=11, settings=s).games
+    again = play_match(*players(s, "mcts:6", "mcts:3"), 6, 6, seed=11, settings=s).games
+    fewer = play_match(*players(s, "mcts:6", "mcts:3"), 2, 6, seed=11, settings=s).games
+    other = play_match(*players(s, "mcts:6", "mcts:3"), 6, 6, seed=12, settings=s).games
+    assert without_time(first) == without_time(again)
+    assert without_time(fewer) == without_time(first)[:2]
+    assert {g["board_seed"] for g in first}.isdisjoint({g["board_seed"] for g in other})
+
+
+def test_temperature_changes_moves_but_stays_deterministic(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    greedy = play_match(*players(s, "mcts:8", "mcts:8"), 4, 8, seed=5, settings=s).games
+    hot = [
+        play_match(*players(s, "mcts:8", "mcts:8"), 4, 8, 5, s, temperature=1.0).games
+        for _ in range(2)
+    ]
+    assert without_time(hot[0]) == without_time(hot[1])
+    assert without_time(hot[0]) != without_time(greedy)
+
+
+def test_bad_arguments_are_rejected_with_clear_messages(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    with pytest.raises(ValueError, match="not a checkpoint number"):
+        parse_player("alphazero", s)
+    with pytest.raises(ValueError, match="even"):
+        play_match(*players(s, "random", "random"), 3, 4, 0, s)
+    with pytest.raises(ValueError, match="runs per move"):
+        play_match(*players(s, "random", "random"), 2, 0, 0, s)
+    with pytest.raises(ValueError, match="checkpoint 7"):
+        load_player(parse_player("7", s), s)
+
+
+# ------------------------------------------------------------------ scores
+
+
+def test_t_quantiles_match_the_table() -> None:
+    table = {
+        1: 12.7062,
+        2: 4.3027,
+        3: 3.1824,
+        4: 2.7764,
+        5: 2.5706,
+        6: 2.4469,
+        10: 2.2281,
+        30: 2.0423,
+        100: 1.9840,
+    }
+    for df, t in table.items():
+        assert _t_quantile_975(df) == pytest.approx(t, abs=2e-3), df
+
+
+def test_paired_interval_on_known_data() -> None:
+    pairs = [1.0, 0.5, 0.75, 1.0, 0.25, 1.0]
+    mean, low, high = paired_score(pairs)
+    assert mean == pytest.approx(0.75)
+    sd = math.sqrt(sum((x - 0.75) ** 2 for x in pairs) / 5)  # 0.3162...
+    half = 2.5706 * sd / math.sqrt(6)
+    assert low == pytest.approx(0.75 - half, abs=1e-3)
+    assert high == pytest.approx(min(1.0, 0.75 + half), abs=1e-3)
+    # Clipped to [0, 1]; identical pairs give a zero-width interval.
+    assert paired_score([1.0, 1.0, 0.75])[2] == 1.0
+    assert paired_score([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError):
+        paired_score([])
+
+
+# ------------------------------------------------------------------ strength
+
+
+def test_pure_mcts_clearly_beats_random(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    result = play_match(*players(s, "mcts", "random"), 20, 50, seed=0, settings=s)
+    summary = result.summary()
+    # Observed 0.95 at this seed (0.95-1.0 at seeds 0-5): random play is far weaker.
+    assert summary["score"] > 0.75, summary
+    assert summary["ci"][0] > 0.5, summary
+
+
+def test_more_iterations_make_mcts_stronger(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    summary = play_match(*players(s, "mcts:100", "mcts:4"), 20, 1, seed=1, settings=s).summary()
+    assert summary["score"] > 0.75, summary  # observed 0.9-1.0 at seeds 0-5
+
+
+# ------------------------------------------------------------------ neural players
+
+
+def test_checkpoint_and_file_players_play_batched_games(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    repo = ModelRepository(s.repo_base_dir, s.model_name)
+    repo.ensure_initial(ModelParams("conv2d", 1, 8))
+    net = tiny_net_file(tmp_path / "net.pt")
+    a, b = players(s, "0", str(net))
+    assert a.label == "arena:0" and b.label == f"file:{net.resolve()}"
+    result = play_match(a, b, 6, 4, seed=2, settings=s)
+    assert len(result.games) == 6
+    assert all(g["moves"] > 10 for g in result.games)
+    again = play_match(a, b, 6, 4, seed=2, settings=s)
+    assert [g["a_points"] for g in again.games] == [g["a_points"] for g in result.games]
+
+
+def test_a_checkpoint_missing_on_disk_loads_from_redis(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    keys = Keys(TEST_PREFIX)
+    s = settings_for(tmp_path)
+    repo = ModelRepository(tmp_path / "elsewhere", s.model_name)
+    repo.ensure_initial(ModelParams("conv2d", 1, 8))
+    repo.publish(redis_client, keys, 0)
+    player = load_player(parse_player("0", s), s, redis_client, keys)
+    assert player.evaluator is not None
+    with pytest.raises(ValueError, match="neither in"):
+        load_player(parse_player("1", s), s, redis_client, keys)
+
+
+# ------------------------------------------------------------------ storage, CLI, task
+
+
+def test_games_and_summary_are_stored_once_per_match_id(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    keys = Keys(TEST_PREFIX)
+    s = settings_for(tmp_path)
+    summary = run_match("mcts:4", "random", 4, 4, 9, s, redis_client, keys, match_id="m1")
+    run_match("mcts:4", "random", 4, 4, 9, s, redis_client, keys, match_id="m1")  # redelivered
+    games = stored_games(redis_client, keys)
+    assert sorted((g["match"], g["game"]) for g in games) == [("m1", i) for i in range(4)]
+    g = next(g for g in games if g["game"] == 1)
+    assert g["first"] == "random" and g["second"] == "mcts:4"
+    assert set(g) >= {"a", "b", "first", "score", "result", "a_points", "runs"}
+    matches = stored_matches(redis_client, keys)
+    assert list(matches) == ["m1"]
+    assert matches["m1"]["score"] == summary["score"]
+    assert all(k.startswith(TEST_PREFIX.encode()) for k in redis_client.keys("*"))
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hexz_tasks.cli", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_hexz_arena_cli_plays_prints_and_stores(tmp_path: Path, redis_server: RedisServer) -> None:
+    env = tiny_env(redis_server.url, tmp_path / "data")
+    out = cli(env, "arena", "mcts:8", "random", "--games", "4", "--runs", "8", "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    assert "mcts:8 vs random: score" in out.stdout
+    games = stored_games(redis_server.client(), Keys(TEST_PREFIX))
+    assert len(games) == 4 and {g["a"] for g in games} == {"mcts:8"}
+
+    bad = cli(env, "arena", "mcts", "nobody", "--games", "4")
+    assert bad.returncode == 1 and "'nobody' is not a checkpoint number" in bad.stderr
+    odd = cli(env, "arena", "mcts", "random", "--games", "3")
+    assert odd.returncode == 1 and "even" in odd.stderr
+
+
+def test_the_match_task_runs_on_a_selfplay_worker(
+    tmp_path: Path, redis_server: RedisServer, procs: Procs
+) -> None:
+    from hexz_tasks.arena_tasks import ARENA_TASK
+    from hexz_tasks.celery import SELFPLAY_QUEUE, make_app
+
+    env = tiny_env(redis_server.url, tmp_path / "data")
+    # -I: the worker loads the arena tasks even before hexz_tasks.celery includes them.
+    worker = procs.celery(
+        "arena",
+        ["worker", "-Q", SELFPLAY_QUEUE, "-n", "arena@%h", "-c", "1", "-l", "INFO",
+         "-I", "hexz_tasks.arena_tasks"],
+        env,
+    )  # fmt: skip
+    app = make_app(Settings.from_env(env))
+    bad = app.send_task(
+        ARENA_TASK, args=["mcts", "random", 3, 6, 5], queue=SELFPLAY_QUEUE, task_id="bad-games"
+    )
+    res = app.send_task(ARENA_TASK, args=["mcts:6", "random", 4, 6, 5], queue=SELFPLAY_QUEUE)
+    summary = res.get(timeout=180)
+    assert summary["games"] == 4 and summary["match"] == res.id
+    r = redis_server.client()
+    keys = Keys(TEST_PREFIX)
+    assert json.loads(r.hget(keys.arena_matches, res.id))["score"] == summary["score"]
+    assert {g["match"] for g in stored_games(r, keys)} == {res.id}
+    assert f"rejecting task {ARENA_TASK}[{bad.id}]: bad match arguments: games=3" in worker.log()
+    app.close()

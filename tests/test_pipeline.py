@@ -1,0 +1,378 @@
+"""The Celery pipeline with real parts: a private redis-server, real worker and beat
+processes (subprocesses), a tiny model. End to end, and the faults of issue 5, each
+asserting exact counts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from conftest import REPO_ROOT, TEST_PREFIX, Procs, RedisServer, tiny_env, wait_for
+
+from hexz_tasks.celery import SELFPLAY_QUEUE, SELFPLAY_TASK, TRAIN_TASK, make_app
+from hexz_tasks.keys import Keys
+from hexz_tasks.repository import ModelRepository, fetch_latest
+from hexz_tasks.settings import Settings
+from hexz_tasks.store import ExampleStore
+from hexz_tasks.synthetic import game_examples
+from hexz_tasks.tasks import LOCK_TTL_S, ensure_model_published
+
+pytestmark = pytest.mark.slow
+
+# Training tests: time limits far above what a loaded 2-core machine needs.
+LONG_TASKS = {"task_time_limit_s": 300, "visibility_timeout_s": 330}
+
+
+def setup(
+    redis_server: RedisServer, tmp_path: Path, **overrides: object
+) -> tuple[dict[str, str], Settings, redis.Redis, Keys]:
+    env = tiny_env(redis_server.url, tmp_path / "data", **overrides)
+    settings = Settings.from_env(env)
+    return env, settings, redis_server.client(), Keys(TEST_PREFIX)
+
+
+def publish_checkpoint_0(settings: Settings, r: redis.Redis, keys: Keys) -> ModelRepository:
+    repo = ModelRepository(settings.repo_base_dir, settings.model_name)
+    ensure_model_published(settings, r, keys, repo)
+    return repo
+
+
+def add_synthetic_games(r: redis.Redis, keys: Keys, n: int, seed: int = 0) -> int:
+    store = ExampleStore(r, keys)
+    rng = np.random.default_rng(seed)
+    return sum(
+        store.add_game(f"synthetic-{seed}:{i}", game_examples(rng, runs=8, max_moves=60))
+        for i in range(n)
+    )
+
+
+def stream_entries(r: redis.Redis, keys: Keys) -> list[tuple[str, int]]:
+    """(game id, examples) of every entry still in the example stream."""
+    return [
+        (fields[b"id"].decode(), int(fields[b"n"])) for _, fields in r.xrange(keys.examples_stream)
+    ]
+
+
+def counters(r: redis.Redis, keys: Keys) -> dict[str, int]:
+    return ExampleStore(r, keys).counters()
+
+
+def assert_each_game_once(r: redis.Redis, keys: Keys) -> list[str]:
+    """Nothing drained yet: the stream holds every stored game exactly once."""
+    entries = stream_entries(r, keys)
+    ids = [gid for gid, _ in entries]
+    assert len(ids) == len(set(ids)), f"a game was stored twice: {sorted(ids)}"
+    c = counters(r, keys)
+    assert c["games"] + c["batches"] == len(entries)
+    assert c["examples"] == sum(n for _, n in entries)
+    return ids
+
+
+def game_done(r: redis.Redis, keys: Keys, game_id: str) -> bool:
+    return bool(r.exists(keys.game_done(f"game:{game_id}")))
+
+
+def received_events(pubsub: redis.client.PubSub, quiet_s: float = 1.0) -> list[dict]:
+    """Every event delivered so far (until none arrived for `quiet_s`)."""
+    out = []
+    deadline = time.monotonic() + quiet_s
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            out.append(json.loads(message["data"]))
+            deadline = time.monotonic() + quiet_s
+    return out
+
+
+def latest_published(r: redis.Redis, keys: Keys) -> int | None:
+    latest = fetch_latest(r, keys)
+    return None if latest is None else latest[1]
+
+
+# ---------------------------------------------------------------------- training
+
+
+def test_two_training_tasks_at_once_one_trains_one_skips(
+    redis_server: RedisServer, tmp_path: Path, procs: Procs
+) -> None:
+    env, settings, r, keys = setup(redis_server, tmp_path, num_epochs=30, **LONG_TASKS)
+    repo = publish_checkpoint_0(settings, r, keys)
+    examples = add_synthetic_games(r, keys, 12)
+    assert examples >= settings.training_trigger_threshold
+    events = r.pubsub(ignore_subscribe_messages=True)
+    events.subscribe(keys.events_channel)
+    procs.worker("gpu", "gpu", env, concurrency=2)
+    app = make_app(settings)
+    wait_for(lambda: app.control.ping(timeout=0.5), 60, "the gpu worker")
+
+    results = [app.send_task(TRAIN_TASK) for _ in range(2)]
+    outcomes = sorted(
+        (res.get(timeout=120) for res in results), key=lambda o: o["trained"], reverse=True
+    )
+
+    assert outcomes[0] == {"trained": True, "checkpoint": 1}
+    assert outcomes[1] == {
+        "trained": False,
+        "reason": "another training is running",
+        "checkpoint": 0,
+    }
+    assert repo.checkpoints() == [0, 1]
+    assert latest_published(r, keys) == 1
+    runs = [json.loads(x) for x in r.lrange(keys.training_runs, 0, -1)]
+    assert [run["checkpoint"] for run in runs] == [1]
+    assert runs[0]["examples_total"] == examples
+    assert not r.exists(keys.training_active) and not r.exists(keys.training_lock)
+    assert received_events(events) == [
+        {"event": "training_started", "checkpoint": 0},
+        {"event": "training_done", "checkpoint": 1},
+    ]
+    app.close()
+
+
+def test_gpu_worker_killed_during_training_leaves_no_checkpoint_and_next_tick_trains(
+    redis_server: RedisServer, tmp_path: Path, procs: Procs
+) -> None:
+    env, settings, r, keys = setup(redis_server, tmp_path, num_epochs=300, **LONG_TASKS)
+    repo = publish_checkpoint_0(settings, r, keys)
+    add_synthetic_games(r, keys, 12)
+    events = r.pubsub(ignore_subscribe_messages=True)
+    events.subscribe(keys.events_channel)
+    gpu = procs.worker("gpu", "gpu", env)
+    procs.celery("beat", ["beat", "-l", "INFO"], env)
+
+    started = wait_for(lambda: r.get(keys.training_active), 90, "a training to start")
+    assert json.loads(started)["checkpoint"] == 0
+    time.sleep(1.0)  # well inside the training (400 epochs)
+    gpu.kill_group(signal.SIGKILL)
+    gpu.popen.wait(10)
+
+    assert repo.checkpoints() == [0], "a killed training must not leave a checkpoint"
+    assert latest_published(r, keys) == 0
+    visible = {p.name for p in repo.checkpoints_dir.iterdir() if not p.name.startswith(".tmp-")}
+    assert visible == {"0"}
+    assert received_events(events) == [{"event": "training_started", "checkpoint": 0}]
+
+    # The lock and the training flag expire by themselves; a new gpu worker then trains
+    # on the next beat tick. Fewer epochs so it finishes quickly.
+    wait_for(lambda: not r.exists(keys.training_lock), LOCK_TTL_S + 5, "the lock to expire")
+    assert not r.exists(keys.training_active)
+    procs.worker("gpu2", "gpu", {**env, "HEXZ_NUM_EPOCHS": "1"})
+    wait_for(lambda: latest_published(r, keys) == 1, 90, "checkpoint 1 after the restart")
+    assert repo.checkpoints() == [0, 1]
+    assert {"model.pt", "model.pt.params", "scriptmodule.pt"} <= {
+        p.name for p in repo.checkpoint_dir(1).iterdir()
+    }
+    assert r.llen(keys.training_runs) == 1
+
+
+# ---------------------------------------------------------------------- self-play
+
+
+def selfplay_worker_ready(r: redis.Redis, keys: Keys) -> bool:
+    return any(b"selfplay" in v for v in r.hvals(keys.workers))
+
+
+def test_end_to_end_selfplay_fills_the_store_training_makes_checkpoint_1_selfplay_uses_it(
+    redis_server: RedisServer, tmp_path: Path, procs: Procs
+) -> None:
+    env, settings, r, keys = setup(redis_server, tmp_path)
+    repo = ModelRepository(settings.repo_base_dir, settings.model_name)
+    procs.worker("gpu", "gpu", env)
+    procs.worker("selfplay", "selfplay", env)
+    procs.celery("beat", ["beat", "-l", "INFO"], env)
+
+    # Nothing was set up by hand: the gpu worker's first tick makes checkpoint 0, the
+    # feeder queues self-play tasks, games arrive, training makes checkpoint 1.
+    wait_for(lambda: latest_published(r, keys) == 0 or None, 90, "checkpoint 0")
+    wait_for(lambda: counters(r, keys)["games"] > 0, 90, "the first stored game")
+    # The feeder keeps about one task waiting per pool process (1): the queue stays short.
+    for _ in range(10):
+        assert r.llen(SELFPLAY_QUEUE) <= 2 and r.hlen(keys.selfplay_running) <= 1
+        time.sleep(0.2)
+    wait_for(lambda: (latest_published(r, keys) or 0) >= 1, 120, "checkpoint 1")
+    assert 1 in repo.checkpoints()
+    run = json.loads(r.lindex(keys.training_runs, 0))
+    assert run["checkpoint"] == 1 and run["examples_total"] >= settings.training_trigger_threshold
+
+    # Self-play switches to the new models: examples made by a checkpoint >= 1 get
+    # archived under that checkpoint (archives are grouped by the examples' model key).
+    wait_for(
+        lambda: [p for p in repo.checkpoints_dir.glob("*/examples/*.gz") if p.parts[-3] != "0"],
+        120,
+        "archived examples made with a trained checkpoint",
+    )
+
+    # `hexz status` reports it all.
+    out = subprocess.run(
+        [sys.executable, "-m", "hexz_tasks.cli", "status"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "examples:" in out.stdout and "training:" in out.stdout
+    assert "worker:      selfplay@" in out.stdout and "worker:      gpu@" in out.stdout
+    from hexz_tasks.status import gather_status
+
+    status = gather_status(settings, r, inspect_timeout=0)
+    assert status["examples"]["total"] == counters(r, keys)["examples"] > 0
+    assert status["training"]["runs"] >= 1
+    assert status["model"]["published"]["checkpoint"] >= 1
+    assert {w["queues"][0] for w in status["workers"].values()} == {"gpu", "selfplay"}
+
+
+def test_selfplay_pool_process_killed_mid_task_every_game_stored_once_and_task_redone(
+    redis_server: RedisServer, tmp_path: Path, procs: Procs
+) -> None:
+    n_games = 8
+    env, settings, r, keys = setup(
+        redis_server,
+        tmp_path,
+        games_per_task=n_games,
+        games_in_flight=1,
+        runs_per_move=16,
+        max_moves_per_game=100,
+    )
+    publish_checkpoint_0(settings, r, keys)
+    procs.worker("selfplay", "selfplay", env)
+    wait_for(lambda: selfplay_worker_ready(r, keys), 60, "the selfplay worker")
+    app = make_app(settings)
+    app.send_task(SELFPLAY_TASK, args=[7], task_id="kill-me")
+
+    wait_for(lambda: game_done(r, keys, "kill-me:0"), 90, "the first game of the task")
+    pid = json.loads(r.hget(keys.selfplay_running, "kill-me"))["pid"]
+    signal_sent_after = sum(game_done(r, keys, f"kill-me:{i}") for i in range(n_games))
+    assert signal_sent_after < n_games, "the task finished before it could be killed"
+    import os
+
+    os.kill(pid, signal.SIGKILL)
+
+    # The task is redelivered at once (reject on worker loss) and plays its games again;
+    # the games stored before the kill are not stored a second time.
+    wait_for(
+        lambda: all(game_done(r, keys, f"kill-me:{i}") for i in range(n_games)),
+        120,
+        "every game of the redone task",
+    )
+    wait_for(lambda: not r.hexists(keys.selfplay_running, "kill-me"), 60, "the task to end")
+    assert int(r.get(keys.task_attempts("kill-me"))) == 2
+    ids = assert_each_game_once(r, keys)
+    assert sorted(ids) == sorted(f"game:kill-me:{i}" for i in range(n_games))
+    assert counters(r, keys)["games"] == n_games
+    assert r.llen(SELFPLAY_QUEUE) == 0 and r.hlen("unacked") == 0
+    app.close()
+
+
+def test_redis_restart_during_a_run_loses_no_acknowledged_example_and_workers_reconnect(
+    redis_server: RedisServer, tmp_path: Path, procs: Procs
+) -> None:
+    # Short limits: the task cut off by the connection loss is redelivered after the
+    # visibility timeout.
+    env, settings, r, keys = setup(
+        redis_server, tmp_path, task_time_limit_s=20, visibility_timeout_s=25
+    )
+    publish_checkpoint_0(settings, r, keys)
+    procs.worker("selfplay", "selfplay", env)
+    wait_for(lambda: selfplay_worker_ready(r, keys), 60, "the selfplay worker")
+    app = make_app(settings)
+    task_ids = [f"task-{i}" for i in range(3)]
+    for i, tid in enumerate(task_ids):
+        app.send_task(SELFPLAY_TASK, args=[i], task_id=tid)
+    all_games = [f"{tid}:{g}" for tid in task_ids for g in range(settings.games_per_task)]
+
+    wait_for(lambda: counters(r, keys)["games"] >= 2, 90, "some stored games")
+    # An acknowledged write made right before the crash.
+    acked = add_synthetic_games(r, keys, 1, seed=99)
+    before = counters(r, keys)
+    stored_before = [g for g in all_games if game_done(r, keys, g)]
+    redis_server.kill()
+    time.sleep(2)
+    redis_server.start()  # same port, same AOF directory
+
+    after = counters(r, keys)
+    assert game_done(r, keys, "synthetic-99:0")
+    assert after["examples"] >= before["examples"] and after["games"] >= before["games"]
+    assert all(game_done(r, keys, g) for g in stored_before)
+
+    # The worker reconnects and every task completes (the one cut off is redelivered).
+    wait_for(lambda: all(game_done(r, keys, g) for g in all_games), 150, "every game")
+    wait_for(lambda: r.hlen(keys.selfplay_running) == 0, 60, "the tasks to end")
+    ids = assert_each_game_once(r, keys)
+    assert sorted(ids) == sorted([f"game:{g}" for g in all_games] + ["game:synthetic-99:0"])
+    assert counters(r, keys)["examples"] == sum(n for _, n in stream_entries(r, keys))
+    assert acked > 0
+    app.close()
+
+
+@pytest.fixture
+def password_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis-auth", password="s3cret")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_malformed_messages_are_rejected_logged_and_store_nothing(
+    password_redis_server: RedisServer, tmp_path: Path, procs: Procs
+) -> None:
+    # A password-protected Redis: workers must take the password from the URL.
+    env, settings, r, keys = setup(password_redis_server, tmp_path)
+    publish_checkpoint_0(settings, r, keys)
+    worker = procs.worker("selfplay", "selfplay", env)
+    wait_for(lambda: selfplay_worker_ready(r, keys), 60, "the selfplay worker")
+    app = make_app(settings)
+    app.send_task(SELFPLAY_TASK, args=["not a seed"], task_id="bad-type")
+    app.send_task(SELFPLAY_TASK, args=[1, 2], task_id="bad-arity")
+    app.send_task(SELFPLAY_TASK, args=[-5], task_id="bad-range")
+    app.send_task(SELFPLAY_TASK, kwargs={"seed": 1, "evil": True}, task_id="bad-kwarg")
+    app.send_task("hexz_tasks.tasks.no_such_task", args=[1], queue=SELFPLAY_QUEUE)
+    with app.connection_for_write() as conn:
+        producer = conn.Producer()
+        for body, content_type in [
+            (b"\x80\x04\x95garbage", "application/x-python-serialize"),  # pickle
+            (b"{not json", "application/json"),
+        ]:
+            producer.publish(
+                body,
+                routing_key=SELFPLAY_QUEUE,
+                content_type=content_type,
+                content_encoding="binary",
+                headers={"task": SELFPLAY_TASK, "id": "raw"},
+            )
+
+    def all_handled() -> bool:
+        log = worker.log()
+        return (
+            all(f"[{tid}]: " in log for tid in ("bad-type", "bad-arity", "bad-range"))
+            and "[bad-kwarg]: bad arguments" in log
+            and "unregistered task" in log
+            and "untrusted content of type pickle" in log
+            and "Can't decode message body" in log
+        )
+
+    wait_for(all_handled, 60, "the worker to reject every malformed message")
+    log = worker.log()
+    assert "rejecting task hexz_tasks.tasks.selfplay[bad-type]: argument seed must be int" in log
+    assert "rejecting task hexz_tasks.tasks.selfplay[bad-range]: seed must be in" in log
+    assert worker.alive()
+    assert r.llen(SELFPLAY_QUEUE) == 0 and r.hlen("unacked") == 0
+    assert counters(r, keys) == {
+        "examples": 0, "games": 0, "batches": 0, "pending": 0, "trained": 0
+    }  # fmt: skip
+    assert r.xlen(keys.examples_stream) == 0
+    # ... and the worker still serves well-formed tasks.
+    app.send_task(SELFPLAY_TASK, args=[1], task_id="good")
+    wait_for(lambda: counters(r, keys)["games"] == settings.games_per_task, 90, "a valid task")
+    # The worker's parent process never loaded torch (CUDA must not be set up before a fork).
+    assert "libtorch" not in Path(f"/proc/{worker.pid}/maps").read_text()
+    app.close()

@@ -1,0 +1,302 @@
+"""The Redis example store: idempotent adds, counters, backpressure, crash-safe draining.
+
+Uses the Redis on 127.0.0.1:6379 with a unique key prefix per test; only those keys are
+deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from hexz_tasks import codec, hexz_pb2, synthetic
+from hexz_tasks.dataset import Dataset
+from hexz_tasks.examples import npy_bytes
+from hexz_tasks.keys import Keys
+from hexz_tasks.repository import ModelRepository
+from hexz_tasks.store import ExampleStore, StoreFullError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def r() -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=6379, socket_timeout=10)
+
+
+@pytest.fixture
+def keys(r: redis.Redis) -> Keys:
+    k = Keys(f"hexzdatatest-{uuid.uuid4().hex[:12]}")
+    yield k
+    for key in r.scan_iter(f"{k.prefix}:*"):
+        r.delete(key)
+
+
+def games(n: int, seed: int = 0, model_key: tuple[str, int] = ("flagz", 0)) -> list[list]:
+    rng = np.random.default_rng(seed)
+    return [
+        synthetic.game_examples(rng, runs=30, max_moves=40, model_key=model_key) for _ in range(n)
+    ]
+
+
+def unix_micros_of(cols: codec.Columns) -> list[int]:
+    return cols["unix_micros"].tolist()
+
+
+def test_add_game_is_idempotent_and_counts(r: redis.Redis, keys: Keys) -> None:
+    store = ExampleStore(r, keys, settle_ms=0)
+    g = games(2)
+    assert store.add_game("a", g[0]) == len(g[0])
+    assert store.add_game("a", g[0]) == 0  # redelivered task
+    assert store.add_game("b", g[1]) == len(g[1])
+    assert store.add_examples("req-1", g[1][:5]) == 5
+    assert store.add_examples("req-1", g[1][:5]) == 0
+    c = store.counters()
+    total = len(g[0]) + len(g[1]) + 5
+    assert (c["examples"], c["games"], c["batches"], c["pending"]) == (total, 2, 1, total)
+    assert r.xlen(keys.examples_stream) == 3
+    # Counters live in Redis, not in the object: a new store (a restarted process) sees them.
+    assert ExampleStore(r, keys, settle_ms=0).total_examples() == total
+    assert ExampleStore(r, keys, settle_ms=0).examples_since_training() == total
+
+
+def test_concurrent_adds_of_one_game_store_it_once(r: redis.Redis, keys: Keys) -> None:
+    g = games(1)[0]
+    results: list[int] = []
+
+    def add() -> None:
+        results.append(ExampleStore(redis.Redis(), keys).add_game("same", g))
+
+    threads = [threading.Thread(target=add) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [0] * 7 + [len(g)]
+    assert ExampleStore(r, keys, settle_ms=0).total_examples() == len(g)
+
+
+def _bad(example: hexz_pb2.TrainingExample, field: str, value: np.ndarray) -> None:
+    setattr(example, field, npy_bytes(value))
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("board", np.zeros((11, 11, 9), np.float32), "board has shape"),
+        ("board", np.full((11, 11, 10), np.nan, np.float32), "NaN"),
+        ("board", np.zeros((11, 11, 10), np.float64), "board has dtype"),
+        ("action_mask", np.zeros((2, 11, 10), np.uint8), "action_mask has dtype"),
+        ("move_probs", np.full((2, 11, 10), 0.5, np.float32), "nonzero outside the action mask"),
+    ],
+)
+def test_invalid_examples_are_rejected_naming_the_example(
+    r: redis.Redis, keys: Keys, field: str, value: np.ndarray, message: str
+) -> None:
+    store = ExampleStore(r, keys, settle_ms=0)
+    g = games(1)[0]
+    _bad(g[3], field, value)
+    with pytest.raises(ValueError, match=rf"game g7 example 3: .*{message}"):
+        store.add_game("g7", g)
+    assert store.counters()["examples"] == 0
+    assert r.xlen(keys.examples_stream) == 0
+
+
+def test_move_probs_not_summing_to_one_are_rejected(r: redis.Redis, keys: Keys) -> None:
+    g = games(1)[0]
+    probs = codec.decode_move_probs(*_counts_of(g[2]))
+    _bad(g[2], "move_probs", (probs * 0.5).reshape(2, 11, 10))
+    with pytest.raises(ValueError, match="game x example 2: move_probs do not sum to 1"):
+        ExampleStore(r, keys, settle_ms=0).add_game("x", g)
+
+
+def _counts_of(ex: hexz_pb2.TrainingExample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    cols = codec.encode_examples([ex], "t")
+    masks = codec.unpack_masks(cols["mask"]).reshape(1, -1)
+    dense = np.zeros((1, 220), np.uint16)
+    dense[masks] = cols["counts"]
+    return dense, cols["probs_exc_rows"], cols["probs_exc"]
+
+
+def test_backpressure_raises_when_full_and_resumes_after_drain(
+    r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    g = games(3)
+    bound = len(g[0]) + len(g[1]) // 2
+    store = ExampleStore(r, keys, max_pending=bound, full_wait_s=0.2, settle_ms=0)
+    assert store.add_game("0", g[0]) == len(g[0])
+    with pytest.raises(StoreFullError, match="example store full"):
+        store.add_game("1", g[1])
+    assert store.counters()["pending"] == len(g[0])  # nothing half-added
+    store.drain(Dataset(tmp_path / "ds"))
+    assert store.counters()["pending"] == 0
+    assert store.add_game("1", g[1]) == len(g[1])
+
+
+def test_backpressure_waits_for_the_trainer(r: redis.Redis, keys: Keys, tmp_path: Path) -> None:
+    g = games(2)
+    store = ExampleStore(r, keys, max_pending=len(g[0]), full_wait_s=60, settle_ms=0)
+    store.add_game("0", g[0])
+    drained = threading.Event()
+
+    def trainer() -> None:
+        while ExampleStore(redis.Redis(), keys).counters()["pending"] == 0:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        ExampleStore(redis.Redis(), keys, settle_ms=0).drain(Dataset(tmp_path / "ds"))
+        drained.set()
+
+    t = threading.Thread(target=trainer)
+    t.start()
+    assert store.add_game("1", g[1]) == len(g[1])  # blocked until the drain made room
+    t.join()
+    assert drained.is_set()
+    assert store.counters()["examples"] == len(g[0]) + len(g[1])
+
+
+def test_drain_moves_everything_once_and_archives_per_checkpoint(
+    r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    store = ExampleStore(r, keys, settle_ms=0)
+    repo = ModelRepository(tmp_path, "flagz")
+    repo.ensure_initial(_tiny_params())
+    g0 = games(2, seed=1, model_key=("flagz", 0))
+    g_other = games(1, seed=2, model_key=("flagz", 7))  # a checkpoint this repo lacks
+    for i, g in enumerate(g0 + g_other):
+        store.add_game(str(i), g)
+    ds = Dataset(repo.examples_store_dir)
+    n = sum(map(len, g0 + g_other))
+    assert store.drain(ds, repo) == n
+    assert ds.count() == n
+    assert r.xlen(keys.examples_stream) == 0
+    assert store.counters()["pending"] == 0
+    assert store.drain(ds, repo) == 0  # nothing new: nothing doubled
+
+    (archive,) = (repo.checkpoint_dir(0) / "examples").glob("*.gz")
+    req = hexz_pb2.AddTrainingExamplesRequest.FromString(gzip.decompress(archive.read_bytes()))
+    want = [e for g in g0 for e in g]
+    assert len(req.examples) == len(want)
+    for a, b in zip(req.examples, want, strict=True):
+        assert (a.board, a.move_probs, a.action_mask, a.result) == (
+            b.board,
+            b.move_probs,
+            b.action_mask,
+            b.result,
+        )
+        assert (a.move, a.model_key, a.stats, a.turn) == (b.move, b.model_key, b.stats, b.turn)
+    (other,) = (repo.model_dir / "examples-other" / "flagz-7" / "examples").glob("*.gz")
+    req = hexz_pb2.AddTrainingExamplesRequest.FromString(gzip.decompress(other.read_bytes()))
+    assert len(req.examples) == len(g_other[0])
+
+
+def _tiny_params():
+    from hexz_tasks.model import ModelParams
+
+    return ModelParams("conv2d", 1, 8)
+
+
+class CrashAfterChunk(Dataset):
+    """Dies right after a chunk is on disk, before archives and before the trim."""
+
+    def append(self, cols, last_stream_id):  # type: ignore[override]
+        super().append(cols, last_stream_id)
+        raise KeyboardInterrupt("simulated crash")
+
+
+def test_crash_between_chunk_write_and_trim_neither_loses_nor_doubles(
+    r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    store = ExampleStore(r, keys, settle_ms=0)
+    repo = ModelRepository(tmp_path, "flagz")
+    repo.ensure_initial(_tiny_params())
+    g = games(3)
+    for i, x in enumerate(g[:2]):
+        store.add_game(str(i), x)
+    root = repo.examples_store_dir
+    with pytest.raises(KeyboardInterrupt):
+        store.drain(CrashAfterChunk(root), repo)
+    assert r.xlen(keys.examples_stream) == 2  # not trimmed: the crash came first
+    (root / ".tmp-chunk-00000001-00000001-5.npz-999").write_bytes(b"half-written")
+    store.add_game("2", g[2])
+    ds = Dataset(root)
+    store.drain(ds, repo)
+    stored = np.concatenate([ds.read_chunk(c)["unix_micros"] for c in ds.chunks()])
+    want = [e.unix_micros for x in g for e in x]
+    assert sorted(stored.tolist()) == sorted(want)
+    assert r.xlen(keys.examples_stream) == 0
+    assert store.counters()["pending"] == 0
+    archived = sum(
+        len(
+            hexz_pb2.AddTrainingExamplesRequest.FromString(gzip.decompress(p.read_bytes())).examples
+        )
+        for p in (repo.checkpoint_dir(0) / "examples").glob("*.gz")
+    )
+    assert archived == len(want)  # archives of the crashed drain were written afterwards
+
+
+def test_sigkilled_drain_resumes_exactly_once(r: redis.Redis, keys: Keys, tmp_path: Path) -> None:
+    store = ExampleStore(r, keys, settle_ms=0)
+    g = games(6, seed=3)
+    for i, x in enumerate(g):
+        store.add_game(str(i), x)
+    root = tmp_path / "ds"
+    code = (
+        "import sys, redis; from hexz_tasks.store import ExampleStore; "
+        "from hexz_tasks.dataset import Dataset; from hexz_tasks.keys import Keys; "
+        "s = ExampleStore(redis.Redis(), Keys(sys.argv[1]), settle_ms=0); "
+        "[s.drain(Dataset(sys.argv[2]), max_chunk=20) for _ in iter(int, 1)]"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for delay in (0.3, 0.6, 0.9):
+        proc = subprocess.Popen([sys.executable, "-c", code, keys.prefix, str(root)], env=env)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        store.add_game(f"late-{delay}", games(1, seed=int(delay * 10))[0])
+    ds = Dataset(root)
+    store.drain(ds)
+    stored = np.concatenate([ds.read_chunk(c)["unix_micros"] for c in ds.chunks()])
+    assert len(stored) == store.total_examples()
+    assert r.xlen(keys.examples_stream) == 0
+    assert store.counters()["pending"] == 0
+
+
+def test_many_small_drains_are_compacted(r: redis.Redis, keys: Keys, tmp_path: Path) -> None:
+    store = ExampleStore(r, keys, settle_ms=0)
+    repo = ModelRepository(tmp_path, "flagz")
+    repo.ensure_initial(_tiny_params())
+    ds = Dataset(repo.examples_store_dir, compact_below=1000)
+    g = games(6, seed=4)
+    for i, x in enumerate(g):
+        store.add_game(str(i), x)
+        store.drain(ds, repo)
+    assert len(ds.chunks()) < 6
+    assert ds.count() == sum(map(len, g))
+    w = ds.window(10**6)
+    assert len(w) == ds.count()
+    np.testing.assert_array_equal(
+        w.batch(np.arange(len(w))).results,
+        np.array([e.result for x in g for e in x], np.float32),
+    )
+
+
+def test_drain_leaves_entries_younger_than_the_settle_time(
+    r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    g = games(1)[0]
+    ExampleStore(r, keys).add_game("fresh", g)
+    ds = Dataset(tmp_path / "ds")
+    assert ExampleStore(r, keys, settle_ms=60_000).drain(ds) == 0  # not yet in the AOF
+    assert r.xlen(keys.examples_stream) == 1
+    assert ExampleStore(r, keys, settle_ms=0).drain(ds) == len(g)

@@ -1,0 +1,445 @@
+# distutils: language = c++
+"""Neural MCTS and the many-games self-play driver (C++ in workers/engine) for Python.
+
+Arrays cross the boundary as NumPy buffers; the GIL is released while C++ works.
+hexz_tasks.selfplay builds the public API on top of this module.
+"""
+
+import os
+import time
+
+import numpy as np
+
+from cython.operator cimport dereference as deref
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.string cimport memcpy
+from libcpp.vector cimport vector
+
+from cboard cimport Board, Move, kPolicySize, kTensorSize
+from csearch cimport (
+    Example, GameRecord, GameSeed, Mcts, Node, SearchParams, SearchStats, SelfPlayDriver,
+    SelfPlayParams,
+)
+
+BOARD_SHAPE = (11, 11, 10)
+MASK_SHAPE = (2, 11, 10)
+POLICY_SIZE = 220
+STATS_FIELDS = (
+    "valid_moves", "visit_count", "visited_children", "search_depth", "search_tree_size",
+    "branch_nodes", "min_child_vc", "max_child_vc",
+)
+
+cdef uint64_t _MASK64 = 0xFFFFFFFFFFFFFFFF
+
+
+cdef uint64_t _seed(seed) except? 0:
+    if seed is None:
+        return int.from_bytes(os.urandom(8), "little")
+    return int(seed) & _MASK64
+
+
+cdef SearchParams _search_params(
+    float uct_c, float initial_root_q_value, float initial_q_penalty,
+    float dirichlet_concentration, int random_playouts, bint end_game_when_stuck,
+    bint eval_cache,
+) except *:
+    if dirichlet_concentration < 0:
+        raise ValueError(f"dirichlet_concentration must be >= 0, got {dirichlet_concentration}")
+    if random_playouts < 0:
+        raise ValueError(f"random_playouts must be >= 0, got {random_playouts}")
+    cdef SearchParams p
+    p.uct_c = uct_c
+    p.initial_root_q_value = initial_root_q_value
+    p.initial_q_penalty = initial_q_penalty
+    p.dirichlet_concentration = dirichlet_concentration
+    p.noise_weight = 0.25
+    p.random_playouts = random_playouts
+    p.end_game_when_stuck = end_game_when_stuck
+    p.eval_cache = eval_cache
+    return p
+
+
+cdef Board _board_from(board) except *:
+    """A C++ board from an (11, 11, 10) stored tensor or anything with .tensor(0)."""
+    if hasattr(board, "tensor"):
+        board = board.tensor(0)
+    a = np.ascontiguousarray(board, dtype=np.float32)
+    if a.shape != BOARD_SHAPE:
+        raise ValueError(f"board must have shape {BOARD_SHAPE}, got {a.shape}")
+    cdef const float[:, :, ::1] v = a
+    try:
+        return Board.FromTensor(&v[0, 0, 0])
+    except RuntimeError as e:
+        raise ValueError(f"invalid board: {e}") from None
+
+
+cdef object _stats_dict(const SearchStats& s):
+    return {
+        "valid_moves": s.valid_moves,
+        "visit_count": s.visit_count,
+        "visited_children": s.visited_children,
+        "search_depth": s.search_depth,
+        "search_tree_size": s.search_tree_size,
+        "branch_nodes": s.branch_nodes,
+        "min_child_vc": s.min_child_vc,
+        "max_child_vc": s.max_child_vc,
+        "nodes_per_depth": list(s.nodes_per_depth),
+        "max_visit_count_per_depth": list(s.max_visit_count_per_depth),
+    }
+
+
+def game_seed(seed: int, index: int) -> int:
+    """The seed of game `index` of a self-play run seeded with `seed`."""
+    return GameSeed(int(seed) & _MASK64, int(index) & _MASK64)
+
+
+cdef class Search:
+    """One search tree: the building block of self-play, exposed for suggest-move and tests.
+
+    Use: start_move(budget, ...), then advance(boards, masks) / feed(probs, value) until
+    advance returns False (or run(evaluate, ...) for the whole loop); then read the
+    root's children and make_move(i).
+    """
+
+    cdef Mcts* c
+    cdef float[::1] _probs
+
+    def __cinit__(
+        self, board, int player=0, seed=0, *, float uct_c=1.5,
+        float initial_root_q_value=-0.2, float initial_q_penalty=0.3,
+        float dirichlet_concentration=0.0, int random_playouts=0,
+        bint end_game_when_stuck=False, bint eval_cache=True,
+    ):
+        if player != 0 and player != 1:
+            raise ValueError(f"player must be 0 or 1, got {player}")
+        cdef SearchParams p = _search_params(
+            uct_c, initial_root_q_value, initial_q_penalty, dirichlet_concentration,
+            random_playouts, end_game_when_stuck, eval_cache,
+        )
+        cdef Board b = _board_from(board)
+        self.c = new Mcts(p, _seed(seed))
+        self.c.Reset(b, player)
+
+    def __dealloc__(self):
+        del self.c
+
+    def start_move(self, int budget, *, bint noise=False, bint greedy=False) -> None:
+        """Starts a move of `budget` counted runs (reused runs do not count)."""
+        if budget < 1:
+            raise ValueError(f"budget must be positive, got {budget}")
+        if self.c.pending():
+            raise ValueError("a leaf still awaits feed()")
+        self.c.StartMove(budget, noise, greedy)
+
+    def advance(self, boards, masks) -> bool:
+        """Runs until a leaf needs an evaluation (True: written to boards[0], masks[0])."""
+        cdef float[:, :, :, ::1] bv = boards
+        cdef uint8_t[:, :, :, ::1] mv = np.asarray(masks).view(np.uint8)
+        if bv.shape[0] < 1 or mv.shape[0] < 1:
+            raise ValueError("boards and masks need at least one row")
+        cdef bint needs
+        with nogil:
+            needs = self.c.Advance()
+            if needs:
+                memcpy(&bv[0, 0, 0, 0], self.c.LeafTensor(), kTensorSize * sizeof(float))
+                self.c.LeafBoard().ActionMask(self.c.LeafPlayer(), &mv[0, 0, 0, 0])
+        return needs
+
+    def feed(self, probs, float value) -> None:
+        """Expands the pending leaf with probs (220,) and value (leaf player's view)."""
+        cdef const float[::1] pv = np.ascontiguousarray(probs, dtype=np.float32).reshape(-1)
+        if pv.shape[0] != kPolicySize:
+            raise ValueError(f"probs must have {kPolicySize} entries, got {pv.shape[0]}")
+        if not self.c.pending():
+            raise ValueError("no leaf awaits an evaluation (call advance first)")
+        with nogil:
+            self.c.Feed(&pv[0], value)
+
+    def run(self, evaluate, int budget, *, bint noise=False, bint greedy=False,
+            deadline=None) -> int:
+        """A whole move: `evaluate(boards, masks) -> (priors, values)` on batches of one.
+
+        Stops when the budget is spent, the root is terminal or time.monotonic()
+        passes `deadline`; returns the number of network evaluations.
+        """
+        self.start_move(budget, noise=noise, greedy=greedy)
+        boards = np.zeros((1, *BOARD_SHAPE), dtype=np.float32)
+        masks = np.zeros((1, *MASK_SHAPE), dtype=bool)
+        n = 0
+        while self.advance(boards, masks):
+            priors, values = evaluate(boards, masks)
+            self.feed(np.asarray(priors, dtype=np.float32)[0], float(np.asarray(values)[0]))
+            n += 1
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return n
+
+    def children(self) -> dict:
+        """Root children in creation order: moves (n, 4) [typ, r, c, value], policy_index,
+        prior, visits, wins, q, next_turn (all NumPy arrays)."""
+        cdef int n = self.c.NumChildren()
+        moves = np.zeros((n, 4), dtype=np.int32)
+        index = np.zeros(n, dtype=np.int32)
+        prior = np.zeros(n, dtype=np.float32)
+        visits = np.zeros(n, dtype=np.int32)
+        wins = np.zeros(n, dtype=np.float32)
+        q = np.zeros(n, dtype=np.float32)
+        next_turn = np.zeros(n, dtype=np.int32)
+        cdef int i
+        cdef Move m
+        for i in range(n):
+            node = &self.c.child(i)
+            m = node.move()
+            moves[i] = (m.typ, m.r, m.c, m.value)
+            index[i] = node.policy_index
+            prior[i] = node.prior
+            visits[i] = node.visits
+            wins[i] = node.wins
+            q[i] = node.Q()
+            next_turn[i] = node.next_turn()
+        return {
+            "moves": moves, "policy_index": index, "prior": prior, "visits": visits,
+            "wins": wins, "q": q, "next_turn": next_turn,
+        }
+
+    def make_move(self, int child) -> None:
+        """Plays root child `child` and keeps its subtree (visits and wins zeroed)."""
+        if not 0 <= child < self.c.NumChildren():
+            raise ValueError(f"child must be in [0, {self.c.NumChildren()}), got {child}")
+        if self.c.pending():
+            raise ValueError("a leaf still awaits feed()")
+        self.c.MakeMove(child)
+
+    def sample_child(self) -> int:
+        """A root child drawn with probability proportional to visits."""
+        if self.c.NumChildren() == 0:
+            raise ValueError("the root has no children")
+        return self.c.SampleChildByVisits()
+
+    def most_visited_child(self) -> int:
+        if self.c.NumChildren() == 0:
+            raise ValueError("the root has no children")
+        return self.c.MostVisitedChild()
+
+    def board_tensor(self, int player=0):
+        """The root position as an (11, 11, 10) float32 tensor from `player`'s view."""
+        out = np.zeros(BOARD_SHAPE, dtype=np.float32)
+        cdef float[:, :, ::1] ov = out
+        self.c.board().Encode(player, &ov[0, 0, 0])
+        return out
+
+    def stats(self) -> dict:
+        return _stats_dict(self.c.Stats())
+
+    @property
+    def root_player(self) -> int:
+        return self.c.RootPlayer()
+
+    @property
+    def root_terminal(self) -> bool:
+        return self.c.RootTerminal()
+
+    @property
+    def root_visits(self) -> int:
+        return self.c.root().visits
+
+    @property
+    def root_value(self) -> float:
+        """The network value of the root position, from the root player's view."""
+        return self.c.root().value
+
+    @property
+    def root_search_value(self) -> float:
+        """Mean backed-up result over the root's children, root player's view."""
+        return self.c.RootSearchValue()
+
+    @property
+    def num_children(self) -> int:
+        return self.c.NumChildren()
+
+    @property
+    def counted_runs(self) -> int:
+        return self.c.counted_runs()
+
+    @property
+    def reused_runs(self) -> int:
+        return self.c.reused_runs()
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations of the current move."""
+        return self.c.evaluations()
+
+    @property
+    def cache_hits(self) -> int:
+        """Leaves of the current move expanded from a transposition (no evaluation)."""
+        return self.c.cache_hits()
+
+    @property
+    def tree_size(self) -> int:
+        return self.c.TreeSize()
+
+
+cdef object _game_dict(GameRecord& g):
+    cdef int k = g.examples.size()
+    cdef int i, j
+    boards = np.empty((k, *BOARD_SHAPE), dtype=np.float32)
+    masks = np.empty((k, *MASK_SHAPE), dtype=bool)
+    move_probs = np.empty((k, *MASK_SHAPE), dtype=np.float32)
+    priors = np.empty((k, *MASK_SHAPE), dtype=np.float32)
+    cdef float[:, :, :, ::1] bv = boards
+    cdef uint8_t[:, :, :, ::1] mv = masks.view(np.uint8)
+    cdef float[:, :, :, ::1] pv = move_probs
+    cdef float[:, :, :, ::1] qv = priors
+    values = np.empty(k, dtype=np.float32)
+    turns = np.empty(k, dtype=np.int32)
+    move_numbers = np.empty(k, dtype=np.int32)
+    moves = np.empty((k, 4), dtype=np.int32)
+    results = np.empty(k, dtype=np.float32)
+    unix_micros = np.empty(k, dtype=np.int64)
+    duration_micros = np.empty(k, dtype=np.int64)
+    selected_child_vc = np.empty(k, dtype=np.int32)
+    selected_child_q = np.empty(k, dtype=np.float32)
+    stats = []
+    cdef Example* e
+    for i in range(k):
+        e = &g.examples[i]
+        memcpy(&bv[i, 0, 0, 0], e.board(), kTensorSize * sizeof(float))
+        memcpy(&mv[i, 0, 0, 0], e.mask(), kPolicySize)
+        memcpy(&pv[i, 0, 0, 0], e.move_probs(), kPolicySize * sizeof(float))
+        memcpy(&qv[i, 0, 0, 0], e.priors(), kPolicySize * sizeof(float))
+        values[i] = e.value
+        turns[i] = e.turn
+        move_numbers[i] = e.move_number
+        moves[i] = (e.move.typ, e.move.r, e.move.c, e.move.value)
+        results[i] = e.result
+        unix_micros[i] = e.unix_micros
+        duration_micros[i] = e.duration_micros
+        selected_child_vc[i] = e.selected_child_vc
+        selected_child_q[i] = e.selected_child_q
+        stats.append(_stats_dict(e.stats))
+    return {
+        "index": g.index,
+        "result": g.result,
+        "score": (g.score[0], g.score[1]),
+        "num_moves": g.num_moves,
+        "evaluations": g.evaluations,
+        "cache_hits": g.cache_hits,
+        "fast_moves": g.fast_moves,
+        "resigned": g.resigned,
+        "boards": boards,
+        "masks": masks,
+        "move_probs": move_probs,
+        "priors": priors,
+        "values": values,
+        "turns": turns,
+        "move_numbers": move_numbers,
+        "moves": moves,
+        "results": results,
+        "unix_micros": unix_micros,
+        "duration_micros": duration_micros,
+        "selected_child_vc": selected_child_vc,
+        "selected_child_q": selected_child_q,
+        "stats": stats,
+    }
+
+
+cdef class SelfPlay:
+    """Plays `n_games` self-play games, `games_in_flight` at a time, one batch per step.
+
+    Loop: n = prepare(boards, masks); collect take_finished(); stop at n == 0; run the
+    network on boards[:n], masks[:n]; feed(priors, values).
+    """
+
+    cdef SelfPlayDriver* c
+    cdef readonly int n_games
+    cdef readonly int capacity
+
+    def __cinit__(
+        self, int n_games, int games_in_flight, seed=None, *, int runs_per_move=800,
+        int runs_per_fast_move=100, float fast_move_prob=0.0, int max_moves_per_game=200,
+        resign_threshold=None, float uct_c=1.5, float initial_root_q_value=-0.2,
+        float initial_q_penalty=0.3, float dirichlet_concentration=0.0,
+        int random_playouts=0, bint end_game_when_stuck=False, bint eval_cache=True,
+    ):
+        if n_games < 0:
+            raise ValueError(f"n_games must be >= 0, got {n_games}")
+        if games_in_flight < 1:
+            raise ValueError(f"games_in_flight must be positive, got {games_in_flight}")
+        if runs_per_move < 1 or runs_per_fast_move < 1:
+            raise ValueError("runs_per_move and runs_per_fast_move must be positive")
+        if max_moves_per_game < 1:
+            raise ValueError(f"max_moves_per_game must be positive, got {max_moves_per_game}")
+        if not 0.0 <= fast_move_prob <= 1.0:
+            raise ValueError(f"fast_move_prob must be in [0, 1], got {fast_move_prob}")
+        cdef SelfPlayParams p
+        p.search = _search_params(
+            uct_c, initial_root_q_value, initial_q_penalty, dirichlet_concentration,
+            random_playouts, end_game_when_stuck, eval_cache,
+        )
+        p.runs_per_move = runs_per_move
+        p.runs_per_fast_move = runs_per_fast_move
+        p.fast_move_prob = fast_move_prob
+        p.max_moves_per_game = max_moves_per_game
+        p.resign = resign_threshold is not None
+        p.resign_threshold = resign_threshold if resign_threshold is not None else -1.0
+        self.c = new SelfPlayDriver(p, n_games, games_in_flight, _seed(seed))
+        self.n_games = n_games
+        self.capacity = self.c.games_in_flight()
+
+    def __dealloc__(self):
+        del self.c
+
+    def prepare(self, boards, masks) -> int:
+        """Advances all games; writes the batch to boards/masks (capacity rows each)."""
+        cdef float[:, :, :, ::1] bv = boards
+        cdef uint8_t[:, :, :, ::1] mv = np.asarray(masks).view(np.uint8)
+        if bv.shape[0] < self.capacity or mv.shape[0] < self.capacity:
+            raise ValueError(f"boards and masks need {self.capacity} rows")
+        if tuple(boards.shape[1:]) != BOARD_SHAPE or tuple(masks.shape[1:]) != MASK_SHAPE:
+            raise ValueError(f"boards must be (N, {BOARD_SHAPE}), masks (N, {MASK_SHAPE})")
+        cdef int n
+        with nogil:
+            n = self.c.Prepare(&bv[0, 0, 0, 0], &mv[0, 0, 0, 0])
+        return n
+
+    def feed(self, priors, values) -> None:
+        """Network results for the last batch: priors (n, 220), values (n,)."""
+        cdef const float[:, ::1] pv = np.ascontiguousarray(priors, dtype=np.float32).reshape(
+            -1, kPolicySize
+        )
+        cdef const float[::1] vv = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+        cdef int n = self.c.batch_size()
+        if pv.shape[0] != n or vv.shape[0] != n:
+            raise ValueError(
+                f"expected {n} rows (the last batch), got {pv.shape[0]} priors, "
+                f"{vv.shape[0]} values"
+            )
+        if n == 0:
+            return
+        with nogil:
+            self.c.Feed(&pv[0, 0], &vv[0])
+
+    def take_finished(self) -> list:
+        """Games finished since the last call: dicts of NumPy arrays, one row per example."""
+        cdef vector[GameRecord] games
+        with nogil:
+            games = self.c.TakeFinished()
+        return [_game_dict(games[i]) for i in range(games.size())]
+
+    @property
+    def games_started(self) -> int:
+        return self.c.games_started()
+
+    @property
+    def games_finished(self) -> int:
+        return self.c.games_finished()
+
+    @property
+    def evaluations(self) -> int:
+        return self.c.evaluations()
+
+    @property
+    def examples_recorded(self) -> int:
+        """Examples recorded so far, in finished games and games in progress."""
+        return self.c.examples_recorded()

@@ -1,0 +1,126 @@
+# Declarations of workers/engine/mcts.h and selfplay.h for Cython (keep in sync).
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libcpp cimport bool
+from libcpp.vector cimport vector
+
+from cboard cimport Board, Move, Rng, ScorePair
+
+
+cdef extern from "mcts.h" namespace "hexz" nogil:
+    cdef cppclass SearchParams:
+        float uct_c
+        float initial_root_q_value
+        float initial_q_penalty
+        float dirichlet_concentration
+        float noise_weight
+        int random_playouts
+        bool end_game_when_stuck
+        bool eval_cache
+
+    cdef cppclass Node:
+        float prior
+        float wins
+        float value
+        int32_t visits
+        int32_t first_child
+        uint8_t policy_index
+        uint8_t move_value
+        uint8_t num_children
+        int mover()
+        int next_turn()
+        bool terminal()
+        bool expanded()
+        Move move()
+        float Q()
+
+    cdef cppclass SearchStats:
+        int32_t valid_moves
+        int32_t visit_count
+        int32_t visited_children
+        int32_t search_depth
+        int32_t search_tree_size
+        int32_t branch_nodes
+        int32_t min_child_vc
+        int32_t max_child_vc
+        vector[int32_t] nodes_per_depth
+        vector[int32_t] max_visit_count_per_depth
+
+    cdef cppclass Mcts:
+        Mcts(const SearchParams& params, uint64_t seed)
+        void Reset(const Board& board, int player)
+        void StartMove(int budget, bool noise, bool greedy)
+        bool Advance()
+        const Board& LeafBoard()
+        int LeafPlayer()
+        const float* LeafTensor()
+        void Feed(const float* probs, float value)
+        void MakeMove(int child)
+        int SampleChildByVisits()
+        int MostVisitedChild()
+        const Board& board()
+        const Node& root()
+        const Node& child(int i)
+        int NumChildren()
+        int RootPlayer()
+        bool RootTerminal()
+        bool pending()
+        int counted_runs()
+        int reused_runs()
+        int evaluations()
+        int cache_hits()
+        int TreeSize()
+        float RootSearchValue()
+        SearchStats Stats()
+
+
+cdef extern from "selfplay.h" namespace "hexz" nogil:
+    cdef cppclass SelfPlayParams:
+        SearchParams search
+        int runs_per_move
+        int runs_per_fast_move
+        float fast_move_prob
+        int max_moves_per_game
+        bool resign
+        float resign_threshold
+
+    cdef cppclass Example:
+        float* board "board.data"()
+        uint8_t* mask "mask.data"()
+        float* move_probs "move_probs.data"()
+        float* priors "priors.data"()
+        float value
+        int turn
+        int move_number
+        Move move
+        int64_t unix_micros
+        int64_t duration_micros
+        SearchStats stats
+        int32_t selected_child_vc
+        float selected_child_q
+        float result
+
+    cdef cppclass GameRecord:
+        int index
+        int result
+        ScorePair score
+        int num_moves
+        int64_t evaluations
+        int64_t cache_hits
+        int fast_moves
+        bool resigned
+        vector[Example] examples
+
+    cdef cppclass SelfPlayDriver:
+        SelfPlayDriver(const SelfPlayParams& params, int n_games, int games_in_flight,
+                       uint64_t seed)
+        int Prepare(float* boards, uint8_t* masks)
+        void Feed(const float* probs, const float* values)
+        vector[GameRecord] TakeFinished()
+        int batch_size()
+        int games_started()
+        int games_finished()
+        int64_t evaluations()
+        int64_t examples_recorded()
+        int games_in_flight()
+
+    uint64_t GameSeed(uint64_t seed, uint64_t index)

@@ -1,0 +1,175 @@
+#include "selfplay.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <utility>
+
+namespace hexz {
+
+namespace {
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+uint64_t GameSeed(uint64_t seed, uint64_t index) {
+  return SplitMix64(SplitMix64(seed) ^ (index * 0xd1b54a32d192ed03ULL + 0x8cb92ba72f3d8dd7ULL));
+}
+
+int64_t UnixMicros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+Game::Game(const SelfPlayParams& params, int index, uint64_t seed)
+    : params_(params), mcts_(params.search, seed) {
+  record_.index = index;
+  mcts_.Reset(Board::Random(mcts_.rng()), 0);
+}
+
+bool Game::Advance() {
+  while (!done_) {
+    if (!in_move_) {
+      if (move_number_ >= params_.max_moves_per_game) {
+        Finish(mcts_.board().Result());
+        break;
+      }
+      fast_ = move_number_ >= 6 && params_.fast_move_prob > 0 &&
+              mcts_.rng().Uniform() < params_.fast_move_prob;
+      const int budget = fast_ ? params_.runs_per_fast_move : params_.runs_per_move;
+      mcts_.StartMove(budget, /*noise=*/!fast_, /*greedy=*/false);
+      move_start_micros_ = UnixMicros();
+      in_move_ = true;
+    }
+    if (mcts_.Advance()) {
+      record_.evaluations++;
+      return true;
+    }
+    in_move_ = false;
+    record_.cache_hits += mcts_.cache_hits();
+    if (mcts_.RootTerminal()) {
+      Finish(mcts_.board().Result());
+      break;
+    }
+    const int child = mcts_.SampleChildByVisits();
+    const int player = mcts_.RootPlayer();
+    const bool resign =
+        params_.resign && mcts_.RootSearchValue() < params_.resign_threshold;
+    if (fast_) {
+      record_.fast_moves++;
+    } else {
+      RecordExample(child);
+    }
+    mcts_.MakeMove(child);
+    move_number_++;
+    record_.num_moves = move_number_;
+    if (resign) {
+      record_.resigned = true;
+      Finish(player == 0 ? -1 : 1);
+    }
+  }
+  return false;
+}
+
+void Game::RecordExample(int child) {
+  Example& e = record_.examples.emplace_back();
+  const Mcts& m = mcts_;
+  const Node& root = m.root();
+  e.turn = m.RootPlayer();
+  e.move_number = move_number_;
+  m.board().Encode(e.turn, e.board.data());
+  m.board().ActionMask(e.turn, e.mask.data());
+  e.move_probs.fill(0);
+  e.priors.fill(0);
+  int64_t total = 0;
+  for (int i = 0; i < m.NumChildren(); i++) total += m.child(i).visits;
+  for (int i = 0; i < m.NumChildren(); i++) {
+    const Node& c = m.child(i);
+    e.priors[c.policy_index] = c.prior;
+    // With no visited child (a budget of one run) the move is drawn by prior.
+    e.move_probs[c.policy_index] =
+        total > 0 ? static_cast<float>(static_cast<double>(c.visits) / total) : c.prior;
+  }
+  e.value = root.value;
+  const Node& chosen = m.child(child);
+  e.move = chosen.move();
+  e.unix_micros = UnixMicros();
+  e.duration_micros = e.unix_micros - move_start_micros_;
+  e.stats = m.Stats();
+  e.selected_child_vc = chosen.visits;
+  e.selected_child_q = chosen.Q();
+}
+
+void Game::Finish(int result) {
+  done_ = true;
+  record_.result = result;
+  record_.score = mcts_.board().Score();
+  for (Example& e : record_.examples) {
+    e.result = static_cast<float>(e.turn == 0 ? result : -result);
+  }
+}
+
+SelfPlayDriver::SelfPlayDriver(const SelfPlayParams& params, int n_games, int games_in_flight,
+                               uint64_t seed)
+    : params_(params), n_games_(n_games), seed_(seed) {
+  slots_.resize(std::max(1, std::min(games_in_flight, std::max(n_games, 1))));
+}
+
+int SelfPlayDriver::Prepare(float* boards, uint8_t* masks) {
+  batch_.clear();
+  for (size_t s = 0; s < slots_.size(); s++) {
+    while (true) {
+      if (!slots_[s]) {
+        if (started_ >= n_games_) break;
+        slots_[s] = std::make_unique<Game>(params_, started_, GameSeed(seed_, started_));
+        started_++;
+      }
+      Game& g = *slots_[s];
+      if (g.Advance()) {
+        const int k = static_cast<int>(batch_.size());
+        const Mcts& m = g.search();
+        std::memcpy(boards + static_cast<size_t>(k) * kTensorSize, m.LeafTensor(),
+                    kTensorSize * sizeof(float));
+        m.LeafBoard().ActionMask(m.LeafPlayer(), masks + static_cast<size_t>(k) * kPolicySize);
+        batch_.push_back(static_cast<int>(s));
+        break;
+      }
+      finished_examples_ += g.num_examples();
+      finished_.push_back(g.TakeRecord());
+      finished_count_++;
+      slots_[s].reset();
+    }
+  }
+  return static_cast<int>(batch_.size());
+}
+
+void SelfPlayDriver::Feed(const float* probs, const float* values) {
+  for (size_t k = 0; k < batch_.size(); k++) {
+    slots_[batch_[k]]->Feed(probs + k * kPolicySize, values[k]);
+  }
+  evaluations_ += static_cast<int64_t>(batch_.size());
+  batch_.clear();
+}
+
+int64_t SelfPlayDriver::examples_recorded() const {
+  int64_t n = finished_examples_;
+  for (const auto& g : slots_) {
+    if (g) n += g->num_examples();
+  }
+  return n;
+}
+
+std::vector<GameRecord> SelfPlayDriver::TakeFinished() {
+  std::vector<GameRecord> out;
+  out.swap(finished_);
+  return out;
+}
+
+}  // namespace hexz
