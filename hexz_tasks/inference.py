@@ -29,14 +29,16 @@ and 2e-4 (values) for bf16.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import io
 import logging
 import re
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,31 @@ TOLERANCE = 1e-4
 # busy machine a descheduled second thread stalls every operator (measured: 0.6 ms
 # per call on 1 thread vs. 9-19 ms on 2 threads for batch 3 on a loaded 2-core box).
 SMALL_BATCH = 8
+
+# torch's thread count is process-wide: concurrent callers (the CPU player's request
+# threads) share one reduction to a single thread and the last one out restores it.
+_threads_lock = threading.Lock()
+_one_thread_users = 0
+_saved_threads = 0
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    global _one_thread_users, _saved_threads
+    with _threads_lock:
+        if _one_thread_users == 0:
+            _saved_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _one_thread_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _one_thread_users -= 1
+            if _one_thread_users == 0:
+                torch.set_num_threads(_saved_threads)
+
+
 _ORIGINAL_BLOCK = re.compile(r"^cnn_blocks\._blocks\.(\d+)\.([01])\.(.+)$")
 
 
@@ -262,22 +289,16 @@ class Evaluator:
                 f"expected boards (N, {BOARD_SHAPE}) and masks (N, {MASK_SHAPE}), "
                 f"got {boards.shape} and {masks.shape}"
             )
-        threads = torch.get_num_threads()
-        single = self.device.type == "cpu" and len(boards) < SMALL_BATCH and threads > 1
-        if single:
-            torch.set_num_threads(1)
-        try:
-            with torch.inference_mode():
-                b = torch.from_numpy(np.ascontiguousarray(boards, dtype=np.float32))
-                m = torch.from_numpy(np.ascontiguousarray(masks, dtype=bool))
-                if self.device.type != "cpu":
-                    b = b.to(self.device, non_blocking=True)
-                    m = m.to(self.device, non_blocking=True)
-                priors, values = self._outputs(self._forward, b, m)
-                return priors.cpu().numpy(), values.cpu().numpy()
-        finally:
-            if single:
-                torch.set_num_threads(threads)
+        # Small batches (suggest-move searches) run fastest on one thread.
+        single = self.device.type == "cpu" and len(boards) < SMALL_BATCH
+        with _one_thread() if single else contextlib.nullcontext(), torch.inference_mode():
+            b = torch.from_numpy(np.ascontiguousarray(boards, dtype=np.float32))
+            m = torch.from_numpy(np.ascontiguousarray(masks, dtype=bool))
+            if self.device.type != "cpu":
+                b = b.to(self.device, non_blocking=True)
+                m = m.to(self.device, non_blocking=True)
+            priors, values = self._outputs(self._forward, b, m)
+            return priors.cpu().numpy(), values.cpu().numpy()
 
     def deviation(self, n: int = 64, seed: int = 0) -> tuple[float, float]:
         """Max |difference| of priors and of values from the plain eval model on a
