@@ -215,7 +215,9 @@ def training_ratio(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="under a minute: batch 64, few steps")
-    ap.add_argument("--redis-url", default=os.environ.get("HEXZ_REDIS_URL") or "redis://127.0.0.1:6379/0")
+    ap.add_argument(
+        "--redis-url", default=os.environ.get("HEXZ_REDIS_URL") or "redis://127.0.0.1:6379/0"
+    )
     args = ap.parse_args()
     batch, steps, rounds = (64, 2, 5) if args.quick else (4096, 1, 5)
     out: dict = {"quick": args.quick}

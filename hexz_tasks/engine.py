@@ -21,6 +21,7 @@ __all__ = [
     "ROWS",
     "Board",
     "decode_proto",
+    "encode_proto",
     "format_board",
     "print_random_game",
     "random_games",
@@ -118,6 +119,42 @@ def decode_proto(data: bytes) -> tuple[np.ndarray, int]:
     t[CH_BLOCKED][_INVALID] = 1
     t[5 + CH_BLOCKED][_INVALID] = 1
     return t, board.turn - 1
+
+
+def encode_proto(board: Board, player: int, move_number: int = 0) -> hexz_pb2.GameEngineState:
+    """The GameEngineState (flagz, RUNNING) the game server would send for `board` with
+    `player` (0 or 1) to move at move `move_number`: the inverse of decode_proto.
+
+    An empty cell blocked for both players with no next value is written as ROCK (it
+    decodes the same as a NORMAL cell with both blocked bits)."""
+    t = board.tensor(0)
+    state = hexz_pb2.GameEngineState()
+    b = state.flagz.board
+    b.turn, b.move, b.state = player + 1, move_number, hexz_pb2.Board.RUNNING
+    for p in range(2):
+        counts = [0] * (_FLAG_TYPE + 1)
+        counts[_FLAG_TYPE] = int(t[5 * p + CH_FLAGS_LEFT, 0, 0])
+        b.resources.add().num_pieces.extend(counts)
+    for r, c in _VALID_CELLS:
+        f = b.flat_fields.add()
+        if t[CH_GRASS, r, c]:
+            f.type, f.value = _CellType.Value("GRASS"), int(t[CH_GRASS, r, c])
+        elif t[CH_FLAG, r, c] or t[5 + CH_FLAG, r, c]:
+            f.type, f.owner = _FLAG_TYPE, 1 if t[CH_FLAG, r, c] else 2
+        elif t[CH_VALUE, r, c] or t[5 + CH_VALUE, r, c]:
+            f.type, f.owner = _CellType.Value("NORMAL"), 1 if t[CH_VALUE, r, c] else 2
+            f.value = int(t[CH_VALUE, r, c] + t[5 + CH_VALUE, r, c])
+        elif (
+            t[CH_BLOCKED, r, c]
+            and t[5 + CH_BLOCKED, r, c]
+            and not (t[CH_NEXT, r, c] or t[5 + CH_NEXT, r, c])
+        ):
+            f.type = _CellType.Value("ROCK")
+        else:
+            f.type = _CellType.Value("NORMAL")
+            f.blocked = int(t[CH_BLOCKED, r, c] > 0) | int(t[5 + CH_BLOCKED, r, c] > 0) << 1
+            f.next_val.extend([int(t[CH_NEXT, r, c]), int(t[5 + CH_NEXT, r, c])])
+    return state
 
 
 def format_board(board: Board) -> str:

@@ -8,49 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hexz_tasks import hexz_pb2
-from hexz_tasks.engine import Board
+from hexz_tasks.engine import Board, decode_proto, encode_proto
 
 FIELD = hexz_pb2.Field
-VALID = [(r, c) for r in range(11) for c in range(10 - r % 2)]
-
-
-def server_state(board: Board, turn: int = 1) -> hexz_pb2.GameEngineState:
-    """Writes `board` the way the game server does (the inverse of the spec's decoder)."""
-    t = board.tensor(0)
-    state = hexz_pb2.GameEngineState()
-    b = state.flagz.board
-    b.turn = turn
-    b.move = 17
-    for p in range(2):
-        counts = [0] * 8
-        counts[FIELD.FLAG] = int(t[5 * p + 4, 0, 0])
-        b.resources.add().num_pieces.extend(counts)
-    for r, c in VALID:
-        f = b.flat_fields.add()
-        if t[10, r, c]:
-            f.type, f.value = FIELD.GRASS, int(t[10, r, c])
-        elif t[0, r, c] or t[5, r, c]:
-            f.type, f.owner = FIELD.FLAG, 1 if t[0, r, c] else 2
-        elif t[1, r, c] or t[6, r, c]:
-            f.type, f.owner = FIELD.NORMAL, 1 if t[1, r, c] else 2
-            f.value = int(t[1, r, c] + t[6, r, c])
-        elif t[2, r, c] and t[7, r, c] and not _next_to_a_five(t, r, c):
-            f.type = FIELD.ROCK
-        else:
-            f.type = FIELD.NORMAL
-            f.blocked = int(t[2, r, c]) | int(t[7, r, c]) << 1
-            # The server writes -1 for "blocked by a 5".
-            f.next_val.extend(int(t[5 * p + 3, r, c]) or -int(t[5 * p + 2, r, c]) for p in (0, 1))
-    return state
-
-
-def _next_to_a_five(t: np.ndarray, r: int, c: int) -> bool:
-    s = r % 2
-    for nr, nc in [(r, c + 1), (r - 1, c + s), (r - 1, c - 1 + s), (r, c - 1),
-                   (r + 1, c - 1 + s), (r + 1, c + s)]:  # fmt: skip
-        if 0 <= nr < 11 and 0 <= nc < 10 - nr % 2 and 5 in (t[1, nr, nc], t[6, nr, nc]):
-            return True
-    return False
 
 
 def played_board(seed: int, n_moves: int) -> Board:
@@ -72,14 +32,31 @@ def played_board(seed: int, n_moves: int) -> Board:
 @pytest.mark.parametrize("n_moves", [0, 5, 30, 200])
 def test_round_trip_through_the_server_format(seed: int, n_moves: int) -> None:
     b = played_board(seed, n_moves)
-    data = server_state(b, turn=2).SerializeToString()
-    decoded, player = Board.from_proto(data)
+    state = encode_proto(b, 1, 17)
+    # The server writes -1 for "blocked by a 5": the decoder treats it as no next value.
+    for f in state.flagz.board.flat_fields:
+        if f.type == FIELD.NORMAL and f.value == 0:
+            for p in range(2):
+                f.next_val[p] = f.next_val[p] or -(f.blocked >> p & 1)
+    decoded, player = Board.from_proto(state.SerializeToString())
     assert player == 1
     np.testing.assert_array_equal(decoded.tensor(0), b.tensor(0))
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 120), st.integers(0, 1), st.integers(0, 10**6))
+def test_encode_proto_inverts_decode_proto(seed: int, n_moves: int, player: int, move: int) -> None:
+    b = played_board(seed, n_moves)
+    state = encode_proto(b, player, move)
+    assert state.flagz.board.move == move
+    assert state.flagz.board.state == hexz_pb2.Board.RUNNING
+    t, p = decode_proto(state.SerializeToString())
+    assert p == player
+    np.testing.assert_array_equal(t, b.tensor(0))
+
+
 def test_missing_next_val_counts_as_none_and_invalid_cells_are_blocked() -> None:
-    state = server_state(Board())
+    state = encode_proto(Board(), 0)
     for f in state.flagz.board.flat_fields:
         del f.next_val[:]
     f = state.flagz.board.flat_fields[12]  # (1, 2)
@@ -94,7 +71,7 @@ def test_missing_next_val_counts_as_none_and_invalid_cells_are_blocked() -> None
 
 
 def _mutated(mutate) -> bytes:
-    state = server_state(played_board(1, 20))
+    state = encode_proto(played_board(1, 20), 0)
     mutate(state.flagz.board)
     return state.SerializeToString()
 
@@ -159,7 +136,7 @@ def test_fuzz_random_bytes(data: bytes) -> None:
     st.integers(0, 1000),
 )
 def test_fuzz_mutated_fields(edits: list[tuple[int, str, int]], flip: int) -> None:
-    state = server_state(played_board(flip % 5, flip % 60))
+    state = encode_proto(played_board(flip % 5, flip % 60), 0)
     fields = state.flagz.board.flat_fields
     for i, name, v in edits:
         if name == "next_val":

@@ -10,7 +10,7 @@ import torch
 from test_search_tree import Y, built_position, position
 
 from hexz_tasks import hexz_pb2
-from hexz_tasks.engine import Board
+from hexz_tasks.engine import Board, encode_proto
 from hexz_tasks.model import HexzNet
 from hexz_tasks.selfplay import suggest_move
 from hexz_tasks.settings import Settings
@@ -23,35 +23,8 @@ FINAL = hexz_pb2.SuggestMoveStats.ScoreKind.Value("FINAL")
 MCTS_PRIOR = hexz_pb2.SuggestMoveStats.ScoreKind.Value("MCTS_PRIOR")
 
 
-def server_state(board: Board, player: int, move_number: int) -> hexz_pb2.GameEngineState:
-    """The GameEngineFlagzState the game server would send for `board`."""
-    t = board.tensor(0)
-    state = hexz_pb2.GameEngineState()
-    b = state.flagz.board
-    b.turn, b.move = player + 1, move_number
-    for p in range(2):
-        b.resources.add().num_pieces.extend([0, 0, 0, 0, 0, int(t[5 * p + 4, 0, 0])])
-    for r in range(11):
-        for c in range(10 - r % 2):
-            f = b.flat_fields.add()
-            if t[10, r, c]:
-                f.type, f.value = FIELD.GRASS, int(t[10, r, c])
-            elif t[0, r, c] or t[5, r, c]:
-                f.type, f.owner = FIELD.FLAG, 1 if t[0, r, c] else 2
-            elif t[1, r, c] or t[6, r, c]:
-                f.type, f.owner = FIELD.NORMAL, 1 if t[1, r, c] else 2
-                f.value = int(t[1, r, c] + t[6, r, c])
-            elif t[2, r, c] and t[7, r, c] and not t[3, r, c] and not t[8, r, c]:
-                f.type = FIELD.ROCK
-            else:
-                f.type = FIELD.NORMAL
-                f.next_val.extend([int(t[3, r, c]), int(t[8, r, c])])
-                f.blocked = int(t[2, r, c]) | int(t[7, r, c]) << 1
-    return state
-
-
 def request(board: Board, player: int, move_number: int = 9, **limits: int) -> bytes:
-    req = hexz_pb2.SuggestMoveRequest(game_engine_state=server_state(board, player, move_number))
+    req = hexz_pb2.SuggestMoveRequest(game_engine_state=encode_proto(board, player, move_number))
     req.max_think_time_ms = limits.get("max_think_time_ms", 0)
     req.max_iterations = limits.get("max_iterations", 0)
     return req.SerializeToString()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -261,6 +262,7 @@ def test_control_events_see_a_real_training(running: Running) -> None:
             20,
             "the ControlEvents stream to subscribe",
         )
+        time.sleep(2.2)  # the drain takes entries once they settled in Redis (2 s)
         result = run_training_tick(running.settings, running.redis, running.keys)
         assert result["trained"], result
         reader.join(30)

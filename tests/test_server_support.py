@@ -19,7 +19,7 @@ import torch
 from conftest import TEST_PREFIX, RedisServer
 
 from hexz_tasks import hexz_pb2, hexz_pb2_grpc
-from hexz_tasks.engine import Board, decode_proto
+from hexz_tasks.engine import Board, encode_proto
 from hexz_tasks.examples import npy_bytes
 from hexz_tasks.keys import Keys
 from hexz_tasks.server import Servers, start_servers
@@ -121,46 +121,11 @@ def latest(running: Running) -> tuple[str, int]:
 # ------------------------------------------------------------------- boards
 
 
-def board_to_state(board: Board, player: int, move_number: int = 0) -> hexz_pb2.GameEngineState:
-    """The GameEngineState the game server would send for `board` with `player` (0/1) to move.
-
-    The inverse of engine.decode_proto (checked by the caller's round trip).
-    """
-    t = board.tensor(0)  # (11, 11, 10), player 0 in channels 0-4
-    pb = hexz_pb2.Board(turn=player + 1, move=move_number, state=hexz_pb2.Board.RUNNING)
-    for r in range(11):
-        for c in range(10 - r % 2):
-            f = pb.flat_fields.add()
-            if t[0, r, c] or t[5, r, c]:
-                f.type, f.owner = CellType.Value("FLAG"), 1 if t[0, r, c] else 2
-            elif t[1, r, c] or t[6, r, c]:
-                f.type = CellType.Value("NORMAL")
-                f.owner = 1 if t[1, r, c] else 2
-                f.value = int(t[1, r, c] or t[6, r, c])
-            elif t[10, r, c]:
-                f.type, f.value = CellType.Value("GRASS"), int(t[10, r, c])
-            elif t[2, r, c] and t[7, r, c] and not (t[3, r, c] or t[8, r, c]):
-                f.type = CellType.Value("ROCK")
-            else:
-                f.type = CellType.Value("NORMAL")
-                f.next_val.extend([int(t[3, r, c]) or -1, int(t[8, r, c]) or -1])
-                f.blocked = int(t[2, r, c] > 0) | int(t[7, r, c] > 0) << 1
-    for p in range(2):
-        counts = [0] * 8
-        counts[CellType.Value("FLAG")] = int(t[5 * p + 4, 0, 0])
-        pb.resources.add().num_pieces.extend(counts)
-    state = hexz_pb2.GameEngineState()
-    state.flagz.board.CopyFrom(pb)
-    decoded, to_move = decode_proto(state.SerializeToString())
-    assert to_move == player and np.array_equal(decoded, t), "board_to_state does not round-trip"
-    return state
-
-
 def suggest_request(
     board: Board, player: int, move_number: int = 0, think_ms: int = 0, iterations: int = 30
 ) -> hexz_pb2.SuggestMoveRequest:
     return hexz_pb2.SuggestMoveRequest(
-        game_engine_state=board_to_state(board, player, move_number),
+        game_engine_state=encode_proto(board, player, move_number),
         max_think_time_ms=think_ms,
         max_iterations=iterations,
     )
