@@ -40,6 +40,7 @@ from hexz_tasks._search import Search, game_seed
 from hexz_tasks.engine import Board
 from hexz_tasks.keys import Keys
 from hexz_tasks.model import BOARD_SHAPE, MASK_SHAPE, POLICY_SIZE
+from hexz_tasks.selfplay import search_kwargs
 from hexz_tasks.settings import Settings
 
 _MCTS = re.compile(r"^mcts(?::(\d+))?$")
@@ -303,13 +304,7 @@ def play_match(
     budgets = tuple(p.spec.iterations or runs for p in players)
     # The search settings of self-play, without noise; pure MCTS: one random playout
     # stands in for the network's value at each leaf.
-    kwargs: dict[str, Any] = {
-        "uct_c": settings.uct_c,
-        "initial_root_q_value": settings.initial_root_q_value,
-        "initial_q_penalty": settings.initial_q_penalty,
-        "random_playouts": settings.random_playouts,
-        "end_game_when_stuck": settings.end_game_when_stuck,
-    }
+    kwargs = {**search_kwargs(settings), "dirichlet_concentration": 0.0}
     search_kw = tuple(
         {**kwargs, "random_playouts": 1} if p.spec.kind == "mcts" else kwargs for p in players
     )
