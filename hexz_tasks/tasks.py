@@ -279,8 +279,11 @@ def run_training_tick(settings: Settings, r: redis.Redis, keys: Keys) -> dict[st
                 _event(r, keys, "training_done", base)  # failed: subscribers resume anyway
                 raise
             if stats is None:
+                # The counters said train, but the drain found too few examples on disk:
+                # the newest ones have not settled in Redis (see ExampleStore settle_ms).
                 _event(r, keys, "training_done", base)
-                return {"trained": False, "reason": "below threshold", "checkpoint": base}
+                reason = "new examples not settled in Redis yet"
+                return {"trained": False, "reason": reason, "checkpoint": base}
             new = repo.latest_checkpoint()
             finished = time.time()
             run = {
