@@ -164,11 +164,16 @@ def planned_matches(
     Per checkpoint N: checkpoint 0 first (it ties N to the anchor at once), the MCTS
     baseline, the newest earlier checkpoint that has `played` (N-1 when none has; this
     chains neighbours even when ticks skip checkpoints), and the promoted checkpoint.
+    The newest checkpoint that has played comes first: when checkpoints arrive faster
+    than ticks, each evaluated one still meets the baseline and its predecessor before
+    a newer one starts (else only matches against checkpoint 0 would ever be played).
     """
     available = set(checkpoints)
     played = played or set()
+    in_progress = max((n for n in played if n in available), default=None)
+    order = sorted(checkpoints, key=lambda n: (n != in_progress, -n))
     plan = []
-    for n in sorted(checkpoints, reverse=True):
+    for n in order:
         if n == 0:
             continue
         previous = max((m for m in played if 0 < m < n), default=n - 1)

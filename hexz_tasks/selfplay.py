@@ -149,6 +149,7 @@ def play_games(
         runs_per_fast_move=settings.runs_per_fast_move,
         fast_move_prob=settings.fast_move_prob,
         max_moves_per_game=settings.max_moves_per_game,
+        sampled_moves=settings.sampled_moves,
         resign_threshold=settings.resign_threshold,
         **search_kwargs(settings),
     )

@@ -44,6 +44,10 @@ class Settings:
     # player to move falls below this; None = off.
     resign_threshold: float | None = None
     max_moves_per_game: int = 200
+    # Self-play moves (plies) 0 .. n - 1 are drawn in proportion to root visits, later
+    # ones take the most visited child: less noisy game results for the value target.
+    # None = every move is drawn (the reference: temperature 1 for the whole game).
+    sampled_moves: int | None = None
     # End a self-play game once the player to move is stuck and behind (the result
     # cannot change any more). Off by default, as in the reference.
     end_game_when_stuck: bool = False
@@ -184,6 +188,8 @@ class Settings:
             raise SettingsError(
                 f"HEXZ_PROMOTION_MIN_SCORE must be in [0, 1], got {self.promotion_min_score}"
             )
+        if self.sampled_moves is not None and self.sampled_moves < 0:
+            raise SettingsError(f"HEXZ_SAMPLED_MOVES must be >= 0, got {self.sampled_moves}")
         if not 0.0 <= self.fast_move_prob <= 1.0:
             raise SettingsError(f"HEXZ_FAST_MOVE_PROB must be in [0, 1], got {self.fast_move_prob}")
         if not -1.0 <= self.initial_root_q_value <= 1.0:

@@ -26,7 +26,7 @@ from hexz_tasks.evaluation import (
     should_promote,
 )
 from hexz_tasks.keys import Keys
-from hexz_tasks.model import ModelParams
+from hexz_tasks.model import ModelParams, make_model
 from hexz_tasks.ratings import fit_bradley_terry, rating_curve, status_ratings
 from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
@@ -154,8 +154,6 @@ def tiny_settings(tmp_path: Path, **overrides: object) -> Settings:
 
 
 def make_checkpoints(s: Settings, n: int) -> ModelRepository:
-    from hexz_tasks.model import make_model
-
     repo = ModelRepository(s.repo_base_dir, s.model_name)
     params = ModelParams("conv2d", 1, 8)
     repo.ensure_initial(params)
@@ -172,10 +170,23 @@ def test_plan_ties_each_checkpoint_to_the_anchor_baseline_neighbour_and_promoted
         (2, "0"), (2, "mcts"), (2, "1"),
         (1, "0"), (1, "mcts"),
     ]  # fmt: skip
-    # Checkpoint 4 was skipped by the ticks: 5 is chained to 3, the newest that played.
-    assert planned_matches([0, 1, 2, 3, 4, 5], None, {1, 3})[:3] == [
-        (5, "0"), (5, "mcts"), (5, "3"),
+    # 3 is under evaluation: its matches come first. Checkpoint 4 was skipped by the
+    # ticks: 5 is chained to 3, the newest that played.
+    assert planned_matches([0, 1, 2, 3, 4, 5], None, {1, 3})[:6] == [
+        (3, "0"), (3, "mcts"), (3, "1"), (5, "0"), (5, "mcts"), (5, "3"),
     ]  # fmt: skip
+
+
+def test_a_checkpoint_under_evaluation_finishes_before_a_newer_one_starts(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    s = tiny_settings(tmp_path)
+    repo = make_checkpoints(s, 2)
+    assert run_evaluation_tick(s, redis_client, KEYS)["match"]["match"] == match_id(s, 1, "0")
+    params = ModelParams("conv2d", 1, 8)
+    repo.save(2, make_model(params), params)  # a new checkpoint between two ticks
+    ticks = [run_evaluation_tick(s, redis_client, KEYS)["match"]["match"] for _ in range(3)]
+    assert ticks == [match_id(s, 1, "mcts"), match_id(s, 2, "0"), match_id(s, 2, "mcts")]
 
 
 def test_evaluation_ticks_record_metrics_and_play_each_match_once(

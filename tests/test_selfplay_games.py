@@ -197,6 +197,20 @@ def test_max_moves_and_stuck_settings_end_games_early() -> None:
         assert g["result"] == int(np.sign(g["score"][0] - g["score"][1]))
 
 
+def test_sampled_moves_play_the_most_visited_child_afterwards() -> None:
+    def is_top(g: dict) -> list[bool]:
+        pairs = zip(g["move_probs"], g["moves"], strict=True)
+        return [float(p[m[0], m[1], m[2]]) == float(p.max()) for p, m in pairs]
+
+    greedy = drive(SelfPlay(4, 4, 9, runs_per_move=8, sampled_moves=3))
+    for g in greedy:
+        assert all(is_top(g)[3:]), "after move 3 every move is the most visited child"
+    drawn = drive(SelfPlay(4, 4, 9, runs_per_move=8))
+    assert not all(top for g in drawn for top in is_top(g)[3:])
+    with pytest.raises(ValueError, match="sampled_moves"):
+        SelfPlay(1, 1, 1, sampled_moves=-1)
+
+
 def test_resign_threshold_ends_a_game_with_a_loss() -> None:
     def gloomy(boards, masks):  # every position looks lost for the player to move
         priors, _ = uniform(boards, masks)

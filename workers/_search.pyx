@@ -358,9 +358,10 @@ cdef class SelfPlay:
     def __cinit__(
         self, int n_games, int games_in_flight, seed=None, *, int runs_per_move=800,
         int runs_per_fast_move=100, float fast_move_prob=0.0, int max_moves_per_game=200,
-        resign_threshold=None, float uct_c=1.5, float initial_root_q_value=-0.2,
-        float initial_q_penalty=0.3, float dirichlet_concentration=0.0,
-        int random_playouts=0, bint end_game_when_stuck=False, bint eval_cache=True,
+        sampled_moves=None, resign_threshold=None, float uct_c=1.5,
+        float initial_root_q_value=-0.2, float initial_q_penalty=0.3,
+        float dirichlet_concentration=0.0, int random_playouts=0,
+        bint end_game_when_stuck=False, bint eval_cache=True,
     ):
         if n_games < 0:
             raise ValueError(f"n_games must be >= 0, got {n_games}")
@@ -372,6 +373,8 @@ cdef class SelfPlay:
             raise ValueError(f"max_moves_per_game must be positive, got {max_moves_per_game}")
         if not 0.0 <= fast_move_prob <= 1.0:
             raise ValueError(f"fast_move_prob must be in [0, 1], got {fast_move_prob}")
+        if sampled_moves is not None and sampled_moves < 0:
+            raise ValueError(f"sampled_moves must be >= 0 or None, got {sampled_moves}")
         cdef SelfPlayParams p
         p.search = _search_params(
             uct_c, initial_root_q_value, initial_q_penalty, dirichlet_concentration,
@@ -381,6 +384,7 @@ cdef class SelfPlay:
         p.runs_per_fast_move = runs_per_fast_move
         p.fast_move_prob = fast_move_prob
         p.max_moves_per_game = max_moves_per_game
+        p.sampled_moves = -1 if sampled_moves is None else sampled_moves
         p.resign = resign_threshold is not None
         p.resign_threshold = resign_threshold if resign_threshold is not None else -1.0
         self.c = new SelfPlayDriver(p, n_games, games_in_flight, _seed(seed))

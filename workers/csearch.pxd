@@ -80,6 +80,7 @@ cdef extern from "selfplay.h" namespace "hexz" nogil:
         int runs_per_fast_move
         float fast_move_prob
         int max_moves_per_game
+        int sampled_moves
         bool resign
         float resign_threshold
 

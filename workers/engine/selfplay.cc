@@ -58,7 +58,8 @@ bool Game::Advance() {
       Finish(mcts_.board().Result());
       break;
     }
-    const int child = mcts_.SampleChildByVisits();
+    const bool sampled = params_.sampled_moves < 0 || move_number_ < params_.sampled_moves;
+    const int child = sampled ? mcts_.SampleChildByVisits() : mcts_.MostVisitedChild();
     const int player = mcts_.RootPlayer();
     const bool resign =
         params_.resign && mcts_.RootSearchValue() < params_.resign_threshold;

@@ -25,6 +25,9 @@ struct SelfPlayParams {
   int runs_per_fast_move = 100;
   float fast_move_prob = 0.0f;
   int max_moves_per_game = 200;
+  // Moves 0 .. sampled_moves - 1 are drawn in proportion to root visits, later moves
+  // take the most visited child; negative: every move is drawn (the reference).
+  int sampled_moves = -1;
   // Resign (the player to move loses) once its search value falls below the
   // threshold.
   bool resign = false;
