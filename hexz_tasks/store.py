@@ -72,6 +72,10 @@ return #entries
 TRIM_BATCH = 1000  # stream entries per trim script call: keeps each call short
 
 
+# Default age (ms, Redis' clock) an entry must reach before the drain takes it.
+SETTLE_MS = 2000
+
+
 class ExampleStore:
     """Examples in Redis, shared by all machines; see the module docstring."""
 
@@ -82,7 +86,7 @@ class ExampleStore:
         *,
         max_pending: int = 1_000_000,
         full_wait_s: float = 30.0,
-        settle_ms: int = 2000,
+        settle_ms: int = SETTLE_MS,
     ) -> None:
         """`max_pending`: bound on examples waiting to be drained (about 200 B each in
         Redis); a producer that finds the store full waits up to `full_wait_s` before

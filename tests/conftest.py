@@ -23,6 +23,7 @@ import redis
 
 from hexz_tasks.keys import Keys
 from hexz_tasks.redis_server import server_command
+from hexz_tasks.store import SETTLE_MS
 
 TEST_PREFIX = "hexztest"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_for_examples_to_settle() -> None:
+    """Sleeps until examples just added are old enough for the drain (ExampleStore settle_ms)."""
+    time.sleep(SETTLE_MS / 1000 + 0.2)
 
 
 class RedisServer:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from collections.abc import Iterator
 
 import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import wait_for
+from conftest import wait_for, wait_for_examples_to_settle
 from test_server_support import (
     NUMPY,
     PYTORCH,
@@ -262,7 +261,7 @@ def test_control_events_see_a_real_training(running: Running) -> None:
             20,
             "the ControlEvents stream to subscribe",
         )
-        time.sleep(2.2)  # the drain takes entries once they settled in Redis (2 s)
+        wait_for_examples_to_settle()
         result = run_training_tick(running.settings, running.redis, running.keys)
         assert result["trained"], result
         reader.join(30)

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import wait_for
+from conftest import wait_for, wait_for_examples_to_settle
 from test_server_support import Running, add, game_examples, run_servers
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -40,7 +40,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     for r in run_servers(tmp_path_factory):
         for seed in range(200, 204):
             assert add(r, game_examples(seed)).status == 1
-        time.sleep(2.2)  # the drain takes entries once they settled in Redis (2 s)
+        wait_for_examples_to_settle()
         assert run_training_tick(r.settings, r.redis, r.keys)["trained"]
         for seed in range(204, 206):  # newest examples stay in the Redis stream
             assert add(r, game_examples(seed)).status == 1

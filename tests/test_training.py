@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import uuid
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import redis
 import torch
 import torch.nn.functional as F
+from conftest import wait_for_examples_to_settle
 
 from hexz_tasks import synthetic
 from hexz_tasks.dataset import Dataset
@@ -185,7 +185,7 @@ def test_the_training_tick_publishes_records_and_announces(
     sub.subscribe(keys.events_channel)
     sub.get_message(timeout=1)
     _add_games(store, 4, seed=8)
-    time.sleep(2.2)  # the drain takes entries once they settled in Redis (2 s)
+    wait_for_examples_to_settle()
     assert run_training_tick(s, r, keys) == {"trained": True, "checkpoint": 1}
     assert json.loads(r.get(keys.latest_model)) == {"name": s.model_name, "checkpoint": 1}
     assert r.get(keys.model_bytes(s.model_name, 1)) == repo.scriptmodule_bytes(1)
