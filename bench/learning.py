@@ -12,7 +12,7 @@ during the run and the final ones), and, as the last line, one JSON object.
 Target: newest >= 0.75 against checkpoint 0 and > 0.5 against the MCTS baseline.
 
 Configuration choice for 2 cores: a small net (conv2d, 3 blocks, 32 filters: ~10k
-evaluations/s on one core) so self-play makes many games (64 runs per move, ~120
+evaluations/s on one core) so self-play makes many games (64 runs per move, ~140
 examples/s per process); two self-play processes and one trainer (torch on one thread
 each); replay training (buffer 2**15, reuse 4: a training step of 128 batches of 256
 every 8192 new examples, ~40 s), so there are dozens of checkpoints in 30 minutes and
@@ -20,10 +20,10 @@ each example is seen about four times. Root Dirichlet noise (0.35), games ended 
 player to move is stuck and behind, and moves drawn by visits only for the first 30 plies
 (SAMPLED_MOVES; then the most visited child). The last one decided it: with moves drawn
 for the whole game (the reference) the score against pure MCTS was 0.465-0.495 after 30
-minutes; with it, 0.72 (README). The likely reason: greedy play after the opening makes
-the game results (the value target) less noisy and the positions closer to those the
-arena plays. ``--quick`` (1 minute, a 4096 buffer) only proves that every part runs:
-it does not train long enough to learn.
+minutes; with it, 0.72 and 0.77 in two runs (README). The likely reason: greedy play
+after the opening makes the game results (the value target) less noisy and the positions
+closer to those the arena plays. ``--quick`` (1 minute, a 4096 buffer) only proves that
+every part runs: it does not train long enough to learn.
 """
 
 from __future__ import annotations
