@@ -46,7 +46,7 @@ from hexz_tasks.model import HexzNet
 from hexz_tasks.selfplay import play_games
 from hexz_tasks.settings import Settings
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/original-conv2d5-scriptmodule.pt"
+FIXTURE = Path(__file__).resolve().parents[1] / "tests/data/original-conv2d5-scriptmodule.pt"
 ORIGINAL = {"examples_per_s": 1.7, "reference_evals_per_s": 2746}  # issue 4: 0.62 per 1000
 
 

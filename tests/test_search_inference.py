@@ -15,7 +15,7 @@ from hexz_tasks.model import HexzNet, load_scriptmodule, to_scriptmodule_bytes
 
 FAST = ("onnx", "folded_cl")  # what "auto" picks on a CPU, with and without onnxruntime
 FIXTURE_MODEL = (
-    Path(__file__).resolve().parents[2] / "shared/fixtures/original-conv2d5-scriptmodule.pt"
+    Path(__file__).resolve().parent / "data" / "original-conv2d5-scriptmodule.pt"
 )
 
 

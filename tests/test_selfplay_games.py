@@ -19,7 +19,7 @@ from hexz_tasks.selfplay import GameRecord, play_games, selfplay_to_archive
 from hexz_tasks.settings import Settings
 
 FIXTURE_MODEL = (
-    Path(__file__).resolve().parents[2] / "shared/fixtures/original-conv2d5-scriptmodule.pt"
+    Path(__file__).resolve().parent / "data" / "original-conv2d5-scriptmodule.pt"
 )
 TINY = Settings(
     runs_per_move=12,

@@ -251,9 +251,7 @@ def test_local_model_path_plays_the_original_projects_model(
     """HEXZ_LOCAL_MODEL_PATH wins over the checkpoints; the original's TorchScript file plays."""
     from hexz_tasks.server import start_servers
 
-    path = REPO_ROOT.parent / "shared" / "fixtures" / "original-conv2d5-scriptmodule.pt"
-    if not path.is_file():
-        pytest.skip(f"fixture {path} not present")
+    path = REPO_ROOT / "tests" / "data" / "original-conv2d5-scriptmodule.pt"
     settings = running.settings.replace(local_model_path=path)
     servers = start_servers(settings, port=0, grpc_port=None, client=running.redis)
     try:
