@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -22,14 +21,14 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import wait_for, wait_for_examples_to_settle
+from conftest import CHROMIUM, wait_for, wait_for_examples_to_settle
 from test_server_support import Running, add, game_examples, run_servers
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="chromium is not installed (Debian: apt-get install chromium); CI must install it",
-)
+if CHROMIUM is None:  # one skip line for the whole module, not one per test
+    pytest.skip(
+        "chromium is not installed (Debian: apt-get install chromium); CI must install it",
+        allow_module_level=True,
+    )
 
 
 @pytest.fixture(scope="module")
