@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,8 +42,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.private_redis import private_redis
 from hexz_tasks.keys import Keys
 from hexz_tasks.launcher import QUICKSTART
+from hexz_tasks.progress import bar, timed
 from hexz_tasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,12 +62,6 @@ CONFIG: dict[str, Any] = {
 QUICK: dict[str, Any] = {"REPLAY_BUFFER_SIZE": 4096, "ARENA_INTERVAL_S": 20, "GAMES_PER_TASK": 8,
                          "GAMES_IN_FLIGHT": 8}  # fmt: skip
 SELFPLAY_PROCESSES = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Procs:
@@ -103,23 +98,7 @@ class Procs:
         self.procs = [t for t in self.procs if name is not None and t[0] != name]
 
 
-def wait_for_redis(port: int, timeout: float = 30.0) -> None:
-    import redis
-
-    probe = redis.Redis(port=port, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if probe.ping():
-                return
-        except (redis.ConnectionError, redis.BusyLoadingError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"redis-server on port {port} did not start")
-        time.sleep(0.2)
-
-
-def progress(r: Any, keys: Keys, settings: Settings) -> dict[str, Any]:
+def pipeline_stats(r: Any, keys: Keys, settings: Settings) -> dict[str, Any]:
     from hexz_tasks.repository import ModelRepository
     from hexz_tasks.store import ExampleStore
 
@@ -165,17 +144,18 @@ def run_pipeline(env: dict[str, str], settings: Settings, seconds: float, data: 
         start = time.monotonic()
         next_tick = start + settings.arena_interval_s
         next_report = start
-        while (now := time.monotonic()) < start + seconds:
-            if drive_ticks and now >= next_tick:
-                # Stands in for the beat entry until hexz_tasks.celery schedules it.
-                app.send_task(
-                    EVALUATE_TASK, queue=SELFPLAY_QUEUE, expires=settings.arena_interval_s
-                )
-                next_tick += settings.arena_interval_s
-            if now >= next_report:
-                print(f"[{now - start:6.0f}s] {progress(r, keys, settings)}", flush=True)
-                next_report += 60
-            time.sleep(1.0)
+        with timed("pipeline", seconds) as shown:
+            while (now := time.monotonic()) < start + seconds:
+                if drive_ticks and now >= next_tick:
+                    # Stands in for the beat entry until hexz_tasks.celery schedules it.
+                    app.send_task(
+                        EVALUATE_TASK, queue=SELFPLAY_QUEUE, expires=settings.arena_interval_s
+                    )
+                    next_tick += settings.arena_interval_s
+                if now >= next_report:
+                    shown.write(f"[{now - start:6.0f}s] {pipeline_stats(r, keys, settings)}")
+                    next_report += 60
+                time.sleep(1.0)
     finally:
         procs.stop()
         app.close()
@@ -194,30 +174,21 @@ def main() -> int:
 
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="hexz-learning-"))
     data.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEXZ_", "FLOWER_"))}
-    env.update({f"HEXZ_{k}": str(v) for k, v in config.items()})
-    env.update(
-        HEXZ_REDIS_URL=f"redis://127.0.0.1:{port}/0",
-        HEXZ_DATA_DIR=str(data),
-        HEXZ_KEY_PREFIX=PREFIX,
-        HEXZ_MODEL_NAME="learning",
-        PYTHONUNBUFFERED="1",
-        OMP_NUM_THREADS="1",
-    )
-    settings = Settings.from_env(env)
-    from hexz_tasks.redis_server import server_command
-
-    (data / "redis").mkdir(exist_ok=True)
-    redis_proc = subprocess.Popen(
-        server_command(port, data / "redis"), stdout=subprocess.DEVNULL, start_new_session=True
-    )
     try:
-        wait_for_redis(port)
-        return evaluate(env, settings, minutes, games, data, config)
+        with private_redis(data / "redis") as url:
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("HEXZ_", "FLOWER_"))}
+            env.update({f"HEXZ_{k}": str(v) for k, v in config.items()})
+            env.update(
+                HEXZ_REDIS_URL=url,
+                HEXZ_DATA_DIR=str(data),
+                HEXZ_KEY_PREFIX=PREFIX,
+                HEXZ_MODEL_NAME="learning",
+                PYTHONUNBUFFERED="1",
+                OMP_NUM_THREADS="1",
+            )
+            settings = Settings.from_env(env)
+            return evaluate(env, settings, minutes, games, data, config)
     finally:
-        redis_proc.terminate()
-        redis_proc.wait(20)
         if args.data_dir is None:
             shutil.rmtree(data, ignore_errors=True)
 
@@ -243,7 +214,7 @@ def evaluate(
     started = time.time()
     run_pipeline(env, settings, minutes * 60, data)
     trained_s = time.time() - started
-    stats = progress(r, keys, settings)
+    stats = pipeline_stats(r, keys, settings)
     repo = ModelRepository(settings.repo_base_dir, settings.model_name)
     newest = repo.latest_checkpoint()
     print(f"pipeline stopped after {trained_s:.0f} s: {stats}; newest checkpoint {newest}")
@@ -253,10 +224,11 @@ def evaluate(
     summaries = {}
     for opponent, name in (("0", "checkpoint0"), ("mcts", "mcts")):
         t = time.time()
-        summaries[name] = run_match(
-            str(newest), opponent, games, runs, 20240917, settings, r, keys,
-            match_id=f"bench:{newest}:{opponent}",
-        )  # fmt: skip
+        with bar(games, f"{newest} vs {opponent}", unit="game") as shown:
+            summaries[name] = run_match(
+                str(newest), opponent, games, runs, 20240917, settings, r, keys,
+                match_id=f"bench:{newest}:{opponent}", on_game=lambda _: shown.update(),
+            )  # fmt: skip
         print(f"{format_summary(summaries[name])} ({time.time() - t:.0f} s)", flush=True)
 
     # Offline metrics for every checkpoint the evaluation ticks had not reached.

@@ -32,9 +32,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.private_redis import private_redis
 from hexz_tasks import codec, hexz_pb2, synthetic
 from hexz_tasks.dataset import Dataset
 from hexz_tasks.keys import Keys
+from hexz_tasks.progress import bar, timed
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
 
@@ -98,7 +100,8 @@ def ingest(url: str, games: list, seconds: float, tmp: Path) -> dict[str, float]
     ]
     for p in procs:
         p.start()
-    results = [q.get(timeout=seconds + 120) for _ in procs]
+    with timed("ingest", start_at + seconds - time.time()):
+        results = [q.get(timeout=seconds + 120) for _ in procs]
     for p in procs:
         p.join(timeout=30)
     client = redis.Redis.from_url(url)
@@ -189,12 +192,12 @@ def training_ratio(
     # runs just before and after it, so drifting machine load hits both sides alike.
     bare = [bare_steps(bare_model, batch_size, steps)]
     trained, ratios = [], []
-    for n in range(rounds):
+    for n in (shown := bar(rounds, "training rounds", unit="round", iterable=range(rounds))):
         stats = train_checkpoint(settings, repo, ds, n, 0)
         bare.append(bare_steps(bare_model, batch_size, steps))
         trained.append(stats["samples_per_s"])
         ratios.append(trained[-1] / ((bare[-2] + bare[-1]) / 2))
-        print(
+        shown.write(
             f"round {n}: trainer {trained[-1]:.1f}/s, bare {bare[-2]:.1f} {bare[-1]:.1f}",
             file=sys.stderr,
         )
@@ -216,7 +219,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="under a minute: batch 64, few steps")
     ap.add_argument(
-        "--redis-url", default=os.environ.get("HEXZ_REDIS_URL") or "redis://127.0.0.1:6379/0"
+        "--redis-url",
+        default=os.environ.get("HEXZ_REDIS_URL"),
+        help="a Redis to measure ingest on (default: a private redis-server of this run)",
     )
     args = ap.parse_args()
     batch, steps, rounds = (64, 2, 5) if args.quick else (4096, 1, 5)
@@ -226,7 +231,12 @@ def main() -> None:
         games = make_games(8 if args.quick else 24, seed=0)
         out.update(sizes(games, tmp))
         print(f"sizes: {out}", file=sys.stderr)
-        out.update(ingest(args.redis_url, games, 3.0 if args.quick else 10.0, tmp))
+        ingest_s = 3.0 if args.quick else 10.0
+        if args.redis_url:
+            out.update(ingest(args.redis_url, games, ingest_s, tmp))
+        else:
+            with private_redis(tmp / "redis") as url:
+                out.update(ingest(url, games, ingest_s, tmp))
         print(f"ingest: {out}", file=sys.stderr)
         ds = synthetic_dataset(tmp / "window", games, WINDOW)
         t0, c0 = time.perf_counter(), time.process_time()
