@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hexz_tasks import tensorboard_events
 from hexz_tasks.dataset import Dataset, Window
 from hexz_tasks.repository import ModelRepository, params_from_settings
 from hexz_tasks.settings import Settings, parse_lr_schedule
@@ -132,11 +133,13 @@ def train_once(
     """Trains checkpoint latest+1 if enough new examples arrived; returns its stats or None.
 
     Publishing the checkpoint, recording the run and the training events are the Celery
-    task's part (tasks.run_training_tick): this stays a plain function of store and disk.
+    task's part (tasks.run_training_tick): this stays a plain function of store and disk
+    (and writes the trainer's TensorBoard events, hexz_tasks.tensorboard_events).
     """
     params = params_from_settings(settings)
     base = repo.ensure_initial(params, settings)
-    trained_at = int(repo.load_stats(base).get("examples_total", 0))
+    base_stats = repo.load_stats(base)
+    trained_at = int(base_stats.get("examples_total", 0))
     total = store.total_examples()
     if total - trained_at < trigger_size(settings):
         return None
@@ -146,6 +149,9 @@ def train_once(
         return None
     stats = train_checkpoint(settings, repo, dataset, base, total)
     store.set_trained(total)
+    tensorboard_events.log_pipeline(
+        settings, store.redis, store.keys, base + 1, base_stats.get("end")
+    )
     return stats
 
 
@@ -190,6 +196,9 @@ def train_checkpoint(
     )
     losses: list[dict[str, float]] = []
     sums = torch.zeros(2, device=device)  # policy and value loss sums of the current epoch
+    # Every step's losses stay on the device until the end (no host sync per step).
+    step_losses = torch.zeros(len(batches), 2, device=device)
+    learning_rates: list[float] = []
     samples = epoch_samples = 0
     lr = learning_rate(settings, step)
     pin = cuda and settings.pin_memory
@@ -205,6 +214,7 @@ def train_checkpoint(
             probs = probs.to(device, non_blocking=pin)  # (B, 220)
             results = results.to(device, non_blocking=pin)  # (B,)
             lr = learning_rate(settings, step)
+            learning_rates.append(lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast:
@@ -219,10 +229,13 @@ def train_checkpoint(
             b = len(results)
             samples += b
             epoch_samples += b
-            sums += torch.stack([policy_loss.detach(), value_loss.detach()]) * b  # no host sync
+            step_losses[i] = torch.stack([policy_loss.detach(), value_loss.detach()])
+            sums += step_losses[i] * b
             if (i + 1) % per_epoch == 0 or i + 1 == len(batches):
                 p, v = (x / epoch_samples for x in sums.tolist())
-                losses.append({"epoch": len(losses), "policy": p, "value": v, "loss": p + v})
+                losses.append(
+                    {"epoch": len(losses), "step": step, "policy": p, "value": v, "loss": p + v}
+                )
                 sums.zero_()
                 epoch_samples = 0
     if cuda:
@@ -258,4 +271,5 @@ def train_checkpoint(
         "state": _to_cpu(optimizer.state_dict()),
     }
     repo.save(base + 1, model, params, optimizer_state=opt_state, settings=settings, stats=stats)
+    tensorboard_events.log_training(settings, stats, step_losses.tolist(), learning_rates)
     return stats
