@@ -371,6 +371,7 @@ def test_examples_page_draws_boards(running: Running, browser: Browser) -> None:
         ".filter(p => p.getAttribute('stroke') === '#ff9900').length"
     )
     assert played == 6
+    browser.screenshot(SHOTS / "examples-page.png")
     # Newest first, on the page and in the JSON.
     newest = requests.get(f"{running.http}/examples/latest.json?n=6", timeout=10).json()
     times = [e["unix_micros"] for e in newest]
