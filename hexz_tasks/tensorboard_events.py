@@ -45,11 +45,11 @@ HELDOUT_METRICS = ("policy_ce", "value_mse", "value_sign_acc")
 LAYOUT = {
     "Ratings": {
         "Elo per checkpoint, 95% interval": ["Margin", list(ELO_TAGS)],
-        "Elo of checkpoints and baselines": ["Multiline", ["rating/elo", r"baseline/.*"]],
+        "Elo of checkpoints and baselines": ["Multiline", [r"^rating/elo$", r"^baseline/"]],
     },
     "Training": {
-        "loss per optimiser step": ["Multiline", [r"loss_per_step/.*"]],
-        "loss per epoch": ["Multiline", [r"loss_per_epoch/.*"]],
+        "loss per optimiser step": ["Multiline", [r"^loss_per_step/"]],
+        "loss per epoch": ["Multiline", [r"^loss_per_epoch/"]],
     },
 }
 
@@ -110,21 +110,32 @@ def log_training(
             w.add_scalar(f"training/{name}", stats[name], checkpoint)
 
 
+def stored_per_second(r: redis.Redis, keys: Keys, start: float, end: float) -> dict[str, float]:
+    """Games and examples stored per second from `start` to `end` (the present), from the
+    per-minute counters (Keys.rates): a minute that overlaps the span counts in
+    proportion to the overlap; the running minute's counts span its start to `end`."""
+    counts = {"games": 0.0, "examples": 0.0}
+    for field, value in r.hgetall(keys.rates).items():
+        minute, _, what = field.decode().partition(":")
+        if what not in counts:
+            continue
+        lo = int(minute) * 60
+        hi = min(lo + 60, end)
+        overlap = hi - max(lo, start)
+        if overlap > 0 and hi > lo:
+            counts[what] += int(value) * overlap / (hi - lo)
+    seconds = max(end - start, 1e-9)
+    return {f"{what}_per_s": n / seconds for what, n in counts.items()}
+
+
 def pipeline_scalars(r: redis.Redis, keys: Keys, since: float, now: float) -> dict[str, float]:
     """Throughput and occupancy of the pipeline from what Redis holds: stored examples
-    and games per second over the whole minutes from `since` to `now` (at least the last
-    one), and self-play processes, tasks running and their ratio."""
+    and games per second since `since` (at least over the last minute), and self-play
+    processes, tasks running and their ratio."""
     from hexz_tasks.celery import SELFPLAY_QUEUE, live_workers
     from hexz_tasks.store import ExampleStore
 
-    last = int(now // 60) - 1  # the newest complete minute
-    first = min(int(since // 60), last)
-    counts = {"games": 0, "examples": 0}
-    for field, value in r.hgetall(keys.rates).items():
-        minute, _, what = field.decode().partition(":")
-        if what in counts and first <= int(minute) <= last:
-            counts[what] += int(value)
-    seconds = (last - first + 1) * 60
+    rates = stored_per_second(r, keys, min(since, now - 60), now)
     processes = sum(
         w["concurrency"]
         for w in live_workers(r, keys, now).values()
@@ -132,8 +143,8 @@ def pipeline_scalars(r: redis.Redis, keys: Keys, since: float, now: float) -> di
     )
     running = r.hlen(keys.selfplay_running)
     return {
-        "examples_per_s": counts["examples"] / seconds,
-        "games_per_s": counts["games"] / seconds,
+        "examples_per_s": rates["examples_per_s"],
+        "games_per_s": rates["games_per_s"],
         "examples_total": float(ExampleStore(r, keys).total_examples()),
         "selfplay_processes": float(processes),
         "selfplay_tasks_running": float(running),

@@ -31,6 +31,7 @@ from hexz_tasks.tensorboard_events import (
     log_dir,
     log_evaluation,
     log_training,
+    stored_per_second,
 )
 from hexz_tasks.training import train_once
 
@@ -125,13 +126,33 @@ def test_training_runs_write_the_trainer_curves(
     assert window == [(1, first["examples_window"]), (2, second["examples_window"])]
     speed = values(events, "training/samples_per_s")
     assert [v for _, v in speed] == pytest.approx([first["samples_per_s"], second["samples_per_s"]])
-    pipeline = {n: values(events, f"pipeline/{n}") for n in ("examples_per_s", "games_per_s")}
-    assert pipeline["examples_per_s"] == [(1, 5.0), (2, 5.0)]  # 300 per minute
-    assert pipeline["games_per_s"] == [(1, pytest.approx(4 / 60)), (2, pytest.approx(4 / 60))]
+    examples, games = (values(events, f"pipeline/{n}") for n in ("examples_per_s", "games_per_s"))
+    assert [s for s, _ in examples] == [s for s, _ in games] == [1, 2]
+    # 300 examples in 4 games in each minute; the running one's so far (stored_per_second).
+    for (_, e), (_, g) in zip(examples, games, strict=True):
+        assert 0 < e <= 10 and g == pytest.approx(e * 4 / 300)
     assert values(events, "pipeline/examples_total")[-1] == (2, store.total_examples())
     assert values(events, "pipeline/selfplay_occupancy") == [(1, 0.5), (2, 0.5)]
     # `hexz run` tells where they are.
     assert f"tensorboard --logdir {log_dir(settings).resolve()}" in startup_message(settings)
+
+
+def test_stored_per_second_counts_overlapping_minutes_in_proportion(
+    redis_client: redis.Redis, test_keys: Keys
+) -> None:
+    m = 29_000_000  # a minute since the epoch
+    for minute, n in ((m - 3, 9000), (m - 2, 600), (m - 1, 600), (m, 300)):
+        redis_client.hset(test_keys.rates, f"{minute}:examples", n)
+        redis_client.hset(test_keys.rates, f"{minute}:games", n // 100)
+    now = m * 60 + 30  # minute m is half over: its 300 examples came in 30 s
+    # The last 30 s of minute m-2 (300), all of m-1 (600), m so far (300): 1200 in 120 s.
+    rates = stored_per_second(redis_client, test_keys, now - 120, now)
+    assert rates == {"examples_per_s": 10.0, "games_per_s": pytest.approx(0.1)}
+    assert stored_per_second(redis_client, test_keys, now - 10, now)["examples_per_s"] == 10.0
+    assert stored_per_second(redis_client, test_keys, now - 210, now - 150) == {
+        "examples_per_s": 150.0,  # all of minute m-3
+        "games_per_s": 1.5,
+    }
 
 
 def _game(match: str, i: int, a: str, b: str, a_points: float) -> dict:
