@@ -88,10 +88,12 @@ def log_training(
     stats: dict[str, Any],
     step_losses: Sequence[tuple[float, float]],
     learning_rates: Sequence[float],
+    pipeline: dict[str, float] | None = None,
 ) -> None:
-    """One training run: `step_losses[i]` (policy, value) and `learning_rates[i]` of
-    optimiser step ``stats["optimizer_step"] - len(step_losses) + i + 1``; `stats` as
-    training.train_checkpoint records it."""
+    """One training run, in one event file: `step_losses[i]` (policy, value) and
+    `learning_rates[i]` of optimiser step ``stats["optimizer_step"] - len(step_losses) +
+    i + 1``; `stats` as training.train_checkpoint records it; the `pipeline` scalars
+    (:func:`pipeline_scalars`) at this checkpoint."""
     first = int(stats["optimizer_step"]) - len(step_losses) + 1
     checkpoint = int(stats["checkpoint"])
     with _writer(settings, TRAINER) as w:
@@ -108,6 +110,8 @@ def log_training(
             w.add_scalar("loss_per_epoch/total", epoch["loss"], epoch["step"])
         for name in ("samples_per_s", "examples_window", "train_s", "load_s", "duration_s"):
             w.add_scalar(f"training/{name}", stats[name], checkpoint)
+        for name, value in (pipeline or {}).items():
+            w.add_scalar(f"pipeline/{name}", value, checkpoint)
 
 
 def stored_per_second(r: redis.Redis, keys: Keys, start: float, end: float) -> dict[str, float]:
@@ -128,14 +132,19 @@ def stored_per_second(r: redis.Redis, keys: Keys, start: float, end: float) -> d
     return {f"{what}_per_s": n / seconds for what, n in counts.items()}
 
 
-def pipeline_scalars(r: redis.Redis, keys: Keys, since: float, now: float) -> dict[str, float]:
-    """Throughput and occupancy of the pipeline from what Redis holds: stored examples
-    and games per second since `since` (at least over the last minute), and self-play
-    processes, tasks running and their ratio."""
+def pipeline_scalars(r: redis.Redis, keys: Keys, since: str | None) -> dict[str, float]:
+    """Throughput and occupancy of the pipeline from what Redis holds now: stored
+    examples and games per second since `since` (an ISO time, e.g. the previous
+    checkpoint's end; at least over the last minute), and self-play processes, tasks
+    running and their ratio."""
     from hexz_tasks.celery import SELFPLAY_QUEUE, live_workers
     from hexz_tasks.store import ExampleStore
 
-    rates = stored_per_second(r, keys, min(since, now - 60), now)
+    now = time.time()
+    start = now - 60
+    if since is not None:
+        start = min(start, datetime.fromisoformat(since).timestamp())
+    rates = stored_per_second(r, keys, start, now)
     processes = sum(
         w["concurrency"]
         for w in live_workers(r, keys, now).values()
@@ -150,21 +159,6 @@ def pipeline_scalars(r: redis.Redis, keys: Keys, since: float, now: float) -> di
         "selfplay_tasks_running": float(running),
         "selfplay_occupancy": running / processes if processes else 0.0,
     }
-
-
-def log_pipeline(
-    settings: Settings, r: redis.Redis, keys: Keys, checkpoint: int, since: str | None
-) -> None:
-    """The pipeline's scalars at `checkpoint`, over the time since `since` (the previous
-    checkpoint's ISO end time; None: the last minute)."""
-    now = time.time()
-    start = datetime.fromisoformat(since).timestamp() if since else now - 60
-    scalars = pipeline_scalars(r, keys, start, now)
-    with _writer(settings, TRAINER) as w:
-        if w is None:
-            return
-        for name, value in scalars.items():
-            w.add_scalar(f"pipeline/{name}", value, checkpoint, walltime=now)
 
 
 def log_evaluation(settings: Settings, r: redis.Redis, keys: Keys) -> None:

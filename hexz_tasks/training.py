@@ -147,19 +147,24 @@ def train_once(
     store.drain(dataset, repo)
     if dataset.count() == 0:  # the first examples have not settled in Redis yet
         return None
-    stats = train_checkpoint(settings, repo, dataset, base, total)
+    pipeline = tensorboard_events.pipeline_scalars(store.redis, store.keys, base_stats.get("end"))
+    stats = train_checkpoint(settings, repo, dataset, base, total, pipeline=pipeline)
     store.set_trained(total)
-    tensorboard_events.log_pipeline(
-        settings, store.redis, store.keys, base + 1, base_stats.get("end")
-    )
     return stats
 
 
 def train_checkpoint(
-    settings: Settings, repo: ModelRepository, dataset: Dataset, base: int, total: int
+    settings: Settings,
+    repo: ModelRepository,
+    dataset: Dataset,
+    base: int,
+    total: int,
+    *,
+    pipeline: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Trains checkpoint base+1 from the dataset's newest examples and saves it (no trigger
-    check, no draining); `total` is the store's example count recorded in its stats."""
+    check, no draining); `total` is the store's example count recorded in its stats.
+    TensorBoard gets the run and the `pipeline` scalars (tensorboard_events)."""
     started, t0 = _now(), time.perf_counter()
     size = (
         settings.replay_buffer_size
@@ -271,5 +276,5 @@ def train_checkpoint(
         "state": _to_cpu(optimizer.state_dict()),
     }
     repo.save(base + 1, model, params, optimizer_state=opt_state, settings=settings, stats=stats)
-    tensorboard_events.log_training(settings, stats, step_losses.tolist(), learning_rates)
+    tensorboard_events.log_training(settings, stats, step_losses.tolist(), learning_rates, pipeline)
     return stats
