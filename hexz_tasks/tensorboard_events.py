@@ -1,7 +1,8 @@
 """TensorBoard event files of a pipeline: ``tensorboard --logdir <data_dir>/tensorboard/<model>``.
 
-One sub-run (folder) per kind of process that writes, and every write opens a new event
-file and closes it, so no two processes ever append to one file:
+One sub-run (folder) per kind of process that writes, and every write is a new event
+file, complete before it appears in its sub-run, so no two processes ever append to one
+file and TensorBoard reads each sub-run's files in the order they were written:
 
 - ``trainer`` (the process holding the training lock; one at a time): per optimiser step
   the losses and learning rate (x = optimiser step), per epoch the mean losses (x = the
@@ -21,7 +22,11 @@ Writing is best effort: a full or read-only disk is logged, never fails a traini
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
+import socket
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +43,9 @@ log = logging.getLogger(__name__)
 
 TRAINER = "trainer"
 EVALUATION = "evaluation"
+# Event files are written here, in the data directory but outside the log folder, and
+# moved into their sub-run when complete.
+STAGING = ".tensorboard-staging"
 # Checkpoints each evaluation snapshot rewrites (older ones keep their last values).
 SNAPSHOT_CHECKPOINTS = 100
 ELO_TAGS = ("rating/elo", "rating/elo_low95", "rating/elo_high95")
@@ -63,24 +71,42 @@ def tensorboard_command(settings: Settings) -> str:
     return f"tensorboard --logdir {log_dir(settings).resolve()}"
 
 
+def _event_file_name() -> str:
+    """A name that sorts by creation time to the nanosecond (SummaryWriter's own names
+    sort by the second, then by host, pid and a counter whose 10 sorts before its 9)."""
+    seconds, nanos = divmod(time.time_ns(), 10**9)
+    return f"events.out.tfevents.{seconds:010d}.{nanos:09d}.{socket.gethostname()}.{os.getpid()}"
+
+
 @contextmanager
 def _writer(settings: Settings, kind: str) -> Iterator[Any]:
-    """A SummaryWriter on a new event file of sub-run `kind`; None if it cannot write."""
+    """A SummaryWriter whose event file, once complete, moves into sub-run `kind` under a
+    name that sorts by time (TensorBoard reads a run's files in name order; it never sees
+    a file being written). Yields None if the folder cannot be written."""
     from torch.utils.tensorboard import SummaryWriter
 
+    run = log_dir(settings) / kind
     try:
-        writer = SummaryWriter(str(log_dir(settings) / kind))
+        run.mkdir(parents=True, exist_ok=True)
+        staging = settings.data_dir / STAGING
+        staging.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=staging))
     except OSError as e:
-        log.warning("no TensorBoard events: cannot write to %s: %s", log_dir(settings), e)
+        log.warning("no TensorBoard events: cannot write to %s: %s", run, e)
         yield None
         return
     try:
-        yield writer
-    finally:
+        writer = SummaryWriter(str(tmp))
         try:
+            yield writer
+        finally:
             writer.close()
-        except OSError as e:
-            log.warning("TensorBoard events may be incomplete in %s: %s", log_dir(settings), e)
+        for written in tmp.iterdir():
+            os.replace(written, run / _event_file_name())
+    except OSError as e:
+        log.warning("TensorBoard events lost in %s: %s", run, e)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def log_training(

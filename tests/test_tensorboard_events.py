@@ -27,6 +27,7 @@ from hexz_tasks.tasks import record_rate
 from hexz_tasks.tensorboard_events import (
     ELO_TAGS,
     EVALUATION,
+    STAGING,
     TRAINER,
     log_dir,
     log_evaluation,
@@ -203,17 +204,32 @@ def test_the_evaluation_rewrites_ratings_with_intervals_and_metrics(
     assert values(events, "baseline/mcts")[-1] == (3, pytest.approx(mcts.elo, abs=0.01))
 
 
+def test_files_written_within_one_second_are_read_in_order(tmp_path: Path) -> None:
+    """SummaryWriter's own names would put a process's 10th file before its 9th."""
+    settings = Settings(data_dir=tmp_path)
+    for step in range(1, 13):
+        stats = _run_stats(step)
+        log_training(settings, stats, [(1.0 / step, 0.5)], [0.001])
+    events = read(log_dir(settings) / TRAINER)
+    assert [s for s, _ in values(events, "loss_per_step/policy")] == list(range(1, 13))
+    assert len(list((log_dir(settings) / TRAINER).iterdir())) == 12
+    assert list((tmp_path / STAGING).iterdir()) == []  # nothing left half-written
+
+
+def _run_stats(step: int) -> dict:
+    return {
+        "checkpoint": step,
+        "optimizer_step": step,
+        "losses": [{"epoch": 0, "step": step, "policy": 1.0, "value": 0.5, "loss": 1.5}],
+        **dict.fromkeys(("samples_per_s", "examples_window", "train_s", "load_s", "duration_s"), 1),
+    }
+
+
 def test_an_unwritable_log_folder_never_fails_a_training(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "file").write_text("not a folder")
     settings = Settings(data_dir=tmp_path / "file")
-    stats = {
-        "checkpoint": 1,
-        "optimizer_step": 1,
-        "losses": [{"epoch": 0, "step": 1, "policy": 1.0, "value": 0.5, "loss": 1.5}],
-        **dict.fromkeys(("samples_per_s", "examples_window", "train_s", "load_s", "duration_s"), 1),
-    }
     with caplog.at_level(logging.WARNING, logger="hexz_tasks.tensorboard_events"):
-        log_training(settings, stats, [(1.0, 0.5)], [0.001])
+        log_training(settings, _run_stats(1), [(1.0, 0.5)], [0.001])
     assert "no TensorBoard events" in caplog.text
