@@ -115,7 +115,8 @@ def fit_stored(
     settings: Settings, r: redis.Redis, keys: Keys
 ) -> tuple[dict[str, Rating], list[dict[str, Any]]]:
     """Ratings over every stored game, anchored at checkpoint 0; and the games."""
-    from hexz_tasks.arena import checkpoint_label, stored_games
+    from hexz_tasks.arena import stored_games
+    from hexz_tasks.players import checkpoint_label
 
     games = stored_games(r, keys)
     anchor = checkpoint_label(settings.model_name, 0)

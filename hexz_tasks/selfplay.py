@@ -63,6 +63,7 @@ def search_kwargs(settings: Settings) -> dict[str, Any]:
         "random_playouts": settings.random_playouts,
         "end_game_when_stuck": settings.end_game_when_stuck,
         "eval_cache": settings.eval_cache,
+        "fpu_reference": settings.fpu_reference,
     }
 
 

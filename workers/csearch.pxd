@@ -16,6 +16,7 @@ cdef extern from "mcts.h" namespace "hexz" nogil:
         int random_playouts
         bool end_game_when_stuck
         bool eval_cache
+        bool fpu_reference
 
     cdef cppclass Node:
         float prior

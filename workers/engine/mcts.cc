@@ -109,7 +109,9 @@ float Mcts::Puct(const Node& parent, const Node& child, bool parent_is_root,
   } else {
     // First play urgency: the parent's Q from the child's mover's view, penalised.
     q = parent.Q();
-    if (parent.next_turn() != child.next_turn()) q = -q;
+    const bool negate = params_.fpu_reference ? parent.next_turn() != child.next_turn()
+                                              : parent.mover() != parent.next_turn();
+    if (negate) q = -q;
     q = std::max(-1.0f, q - params_.initial_q_penalty);
   }
   return q + params_.uct_c * child.prior * sqrt_visits / (1 + child.visits);

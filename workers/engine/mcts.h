@@ -40,6 +40,12 @@ struct SearchParams {
   // a new evaluation. The network is deterministic, so the search is the same as
   // without it; only evaluations are saved.
   bool eval_cache = true;
+  // First-play urgency of an unvisited child (not at the root) is the parent's Q from
+  // the child's mover's view, minus initial_q_penalty. The parent's Q is from the view
+  // of the parent's mover; the child's mover is the parent's next_turn: negate iff they
+  // differ (they do not after a double move, when a stuck player was skipped). The
+  // reference negates iff parent and child have different next_turn (true here).
+  bool fpu_reference = false;
 };
 
 struct Node {
