@@ -50,6 +50,7 @@ class GameRecord:
     evaluations: int = 0  # network evaluations the game needed
     cache_hits: int = 0  # leaves expanded from a transposition instead
     fast_moves: int = 0
+    forced_moves: int = 0  # one legal move: played without a search, no example
     resigned: bool = False
 
 
@@ -175,6 +176,7 @@ def play_games(
                 evaluations=game["evaluations"],
                 cache_hits=game["cache_hits"],
                 fast_moves=game["fast_moves"],
+                forced_moves=game["forced_moves"],
                 resigned=game["resigned"],
             )
         if n == 0:
@@ -215,7 +217,8 @@ def suggest_move(
 
     Searches by highest PUCT only (no noise) for the request's think time, or its
     iterations when the time is 0, both capped by settings.max_think_time_ms and
-    max_suggest_iterations; answers the most visited root child. Raises ValueError
+    max_suggest_iterations; answers the most visited root child. A position with one
+    legal move is answered at once (one run: the root's evaluation). Raises ValueError
     with a clear message for bad input. Pass an inference.Evaluator to reuse it across
     requests (building one from a module or file takes a second or more).
     """
@@ -232,6 +235,8 @@ def suggest_move(
     else:
         think_ms = settings.max_think_time_ms
         iterations = min(req.max_iterations, settings.max_suggest_iterations)
+    if board.num_legal_moves(player) == 1:
+        iterations = 1
     evaluator = as_evaluator(model, settings.device)
     search = Search(board, player, zlib.crc32(bytes(request)), **search_kwargs(settings))
     search.run(evaluator, iterations, greedy=True, deadline=time.monotonic() + think_ms / 1000.0)

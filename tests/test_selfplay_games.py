@@ -18,9 +18,7 @@ from hexz_tasks.model import HexzNet, to_scriptmodule_bytes
 from hexz_tasks.selfplay import GameRecord, play_games, selfplay_to_archive
 from hexz_tasks.settings import Settings
 
-FIXTURE_MODEL = (
-    Path(__file__).resolve().parent / "data" / "original-conv2d5-scriptmodule.pt"
-)
+FIXTURE_MODEL = Path(__file__).resolve().parent / "data" / "original-conv2d5-scriptmodule.pt"
 TINY = Settings(
     runs_per_move=12,
     runs_per_fast_move=4,
@@ -70,7 +68,7 @@ def test_every_game_is_played_once_and_streams_out(games: list[GameRecord]) -> N
     for g in games:
         assert g.result in (-1, 0, 1)
         assert g.result == int(np.sign(g.score[0] - g.score[1]))
-        assert len(g.examples) == g.num_moves - g.fast_moves
+        assert len(g.examples) == g.num_moves - g.fast_moves - g.forced_moves
         assert g.evaluations > 0
 
 
@@ -155,11 +153,12 @@ def test_fraction_of_fast_moves_follows_the_setting() -> None:
     for prob in (0.0, 0.3, 1.0):
         d = SelfPlay(6, 6, 1, runs_per_move=3, runs_per_fast_move=2, fast_move_prob=prob)
         games = drive(d)
-        eligible = sum(max(g["num_moves"] - 6, 0) for g in games)
+        # Forced moves (one legal move) are played without a search, never fast.
+        eligible = sum(max(g["num_moves"] - 6, 0) - g["forced_moves"] for g in games)
         fast = sum(g["fast_moves"] for g in games)
         assert eligible > 200
         for g in games:
-            assert len(g["turns"]) == g["num_moves"] - g["fast_moves"]
+            assert len(g["turns"]) == g["num_moves"] - g["fast_moves"] - g["forced_moves"]
         if prob == 0.0:
             assert fast == 0
         elif prob == 1.0:

@@ -327,6 +327,7 @@ cdef object _game_dict(GameRecord& g):
         "evaluations": g.evaluations,
         "cache_hits": g.cache_hits,
         "fast_moves": g.fast_moves,
+        "forced_moves": g.forced_moves,
         "resigned": g.resigned,
         "boards": boards,
         "masks": masks,

@@ -109,6 +109,7 @@ cdef extern from "selfplay.h" namespace "hexz" nogil:
         int64_t evaluations
         int64_t cache_hits
         int fast_moves
+        int forced_moves
         bool resigned
         vector[Example] examples
 

@@ -318,6 +318,28 @@ void Mcts::MakeMove(int child) {
   }
 }
 
+bool Mcts::PlayIfForced() {
+  assert(!pending_);
+  Node& root = nodes_[0];
+  if (root.has_children()) {
+    if (root.num_children != 1) return false;
+    MakeMove(0);
+    return true;
+  }
+  if (!root.expanded()) {
+    leaf_board_ = board_;
+    PrepareLeaf(root);  // as the first run would: skips a stuck player, finds terminals
+  }
+  if (root.terminal()) return false;
+  const int player = root.next_turn();
+  leaf_board_ = board_;
+  leaf_board_.LegalMoves(player, leaf_moves_);
+  if (leaf_moves_.size() != 1) return false;
+  board_.MakeMove(player, leaf_moves_[0]);
+  Reset(board_, 1 - player);
+  return true;
+}
+
 int Mcts::SampleChildByVisits() {
   const Node& root = nodes_[0];
   int64_t total = 0;

@@ -121,6 +121,10 @@ class Mcts {
   // Plays root child `child` (0 <= child < NumChildren()) and makes it the root of
   // a compacted tree with all visits and wins zeroed.
   void MakeMove(int child);
+  // If the root's player to move (a stuck player is skipped, as the search would) has
+  // exactly one legal move, plays it without a search and returns true: its subtree is
+  // kept if the root was expanded, else a new tree starts. False at a terminal root.
+  bool PlayIfForced();
   // Child chosen with probability proportional to visits (by prior if none visited).
   int SampleChildByVisits();
   // Most visited child (first of equals).

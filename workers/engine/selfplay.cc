@@ -41,6 +41,12 @@ bool Game::Advance() {
         Finish(mcts_.board().Result());
         break;
       }
+      // A position with one legal move is played at once: no search, no example.
+      if (mcts_.PlayIfForced()) {
+        record_.forced_moves++;
+        record_.num_moves = ++move_number_;
+        continue;
+      }
       fast_ = move_number_ >= 6 && params_.fast_move_prob > 0 &&
               mcts_.rng().Uniform() < params_.fast_move_prob;
       const int budget = fast_ ? params_.runs_per_fast_move : params_.runs_per_move;

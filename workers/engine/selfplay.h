@@ -60,6 +60,7 @@ struct GameRecord {
   int64_t evaluations = 0;
   int64_t cache_hits = 0;  // leaves expanded from a transposition, not evaluated
   int fast_moves = 0;
+  int forced_moves = 0;  // one legal move: played without a search, no example
   bool resigned = false;
   std::vector<Example> examples;
 };
