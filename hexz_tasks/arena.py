@@ -171,6 +171,18 @@ class MatchResult:
     runs: int
     seed: int
     games: list[dict[str, Any]] = field(default_factory=list)
+    # Per player (A, B): CPU seconds spent on its searched moves, and their number
+    # (moves played at once, forced or random, cost nothing and are not counted).
+    cpu_s: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    searched_moves: list[int] = field(default_factory=lambda: [0, 0])
+
+    def cpu_ms_per_move(self) -> list[float | None]:
+        """Each player's CPU milliseconds per searched move: its searches and network
+        batches, and for UCT players the search thread's time."""
+        return [
+            1000.0 * s / n if n else None
+            for s, n in zip(self.cpu_s, self.searched_moves, strict=True)
+        ]
 
     def pair_scores(self) -> list[float]:
         by_pair: dict[int, list[float]] = {}
@@ -195,6 +207,7 @@ class MatchResult:
             "a_losses": sum(p == 0.0 for p in pts),
             "score": score,
             "ci": [low, high],
+            "cpu_ms_per_move": [None if x is None else round(x, 2) for x in self.cpu_ms_per_move()],
             "finished": time.time(),
         }
 
@@ -333,6 +346,7 @@ def play_match(
                     moves = g.board.legal_moves(g.to_move)
                     g.play(moves[int(g.rng.integers(len(moves)))])
                     continue
+                result.searched_moves[who] += 1
                 if kind == "uct":
                     return _UCT_TURN
                 g.search = Search(
@@ -350,11 +364,15 @@ def play_match(
             child = _choose(children, temperature, g, g.search.most_visited_child())
             g.play(tuple(int(x) for x in children["moves"][child]))  # type: ignore[arg-type]
 
-    def uct_move(g: _Game) -> tuple[int, int, int, int]:
+    def uct_move(g: _Game) -> tuple[tuple[int, int, int, int], float]:
+        """The UCT player's move in game g, and the thread's CPU seconds for it."""
+        start = time.thread_time()
         spec = players[g.seats[g.to_move]].spec
         uct = UctSearch(game_seed(g.search_seed, g.moves))
         uct.search(g.board, g.to_move, spec.iterations or 0, spec.think_ms or 0)
-        return uct.best_move()
+        return uct.best_move(), time.thread_time() - start
+
+    searchers = [w for w, p in enumerate(players) if p.spec.kind != "uct"]
 
     active = [_Game(i, seed, (0, 1) if i % 2 == 0 else (1, 0)) for i in range(games)]
     threads = uct_threads or settings.inference_threads or len(os.sched_getaffinity(0))
@@ -362,19 +380,25 @@ def play_match(
         while active:
             waiting: tuple[list[_Game], list[_Game]] = ([], [])
             uct_turns: list[_Game] = []
+            start = time.process_time()
             for g in active:
                 who = advance(g)
                 if who == _UCT_TURN:
                     uct_turns.append(g)
                 elif who is not None:
                     waiting[who].append(g)
-            for g, move in zip(uct_turns, pool.map(uct_move, uct_turns), strict=True):
+            for w in searchers:  # their searches' share of the loop
+                result.cpu_s[w] += (time.process_time() - start) / len(searchers)
+            for g, (move, cpu) in zip(uct_turns, pool.map(uct_move, uct_turns), strict=True):
+                result.cpu_s[g.seats[g.to_move]] += cpu
                 g.play(move)
             for who, batch in enumerate(waiting):
                 if not batch:
                     continue
                 rows = [g.index for g in batch]
+                start = time.process_time()
                 priors, values = players[who].evaluator(boards[who][rows], masks[who][rows])
+                result.cpu_s[who] += time.process_time() - start
                 for k, g in enumerate(batch):
                     assert g.search is not None
                     g.search.feed(priors[k], float(values[k]))
