@@ -372,7 +372,7 @@ def play_match(
         uct.search(g.board, g.to_move, spec.iterations or 0, spec.think_ms or 0)
         return uct.best_move(), time.thread_time() - start
 
-    searchers = [w for w, p in enumerate(players) if p.spec.kind != "uct"]
+    searchers = [w for w, p in enumerate(players) if p.spec.kind not in ("uct", "random")]
 
     active = [_Game(i, seed, (0, 1) if i % 2 == 0 else (1, 0)) for i in range(games)]
     threads = uct_threads or settings.inference_threads or len(os.sched_getaffinity(0))

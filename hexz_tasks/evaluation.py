@@ -170,8 +170,8 @@ def planned_matches(
     has; this chains neighbours even when ticks skip checkpoints), and the promoted
     checkpoint. The newest checkpoint that has played comes first: when checkpoints
     arrive faster than ticks, each evaluated one still meets the baselines and its
-    predecessor before
-    a newer one starts (else only matches against checkpoint 0 would ever be played).
+    predecessor before a newer one starts (else only matches against checkpoint 0 would
+    ever be played).
     """
     available = set(checkpoints)
     played = played or set()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from hexz_tasks.players import parse_baseline
+
 ENV_PREFIX = "HEXZ_"
 
 # Variables that other programs of the Hexz family read from the same environment;
@@ -233,8 +235,6 @@ class Settings:
 
     def arena_baseline_labels(self) -> list[str]:
         """The players named by arena_baselines, as labelled in stored games."""
-        from hexz_tasks.players import parse_baseline
-
         labels = []
         names = self.arena_baselines.split(",") if self.arena_baselines.strip() else []
         for name in names:
