@@ -39,7 +39,7 @@ import redis
 from hexz_tasks._search import Search, game_seed
 from hexz_tasks.engine import Board
 from hexz_tasks.keys import Keys
-from hexz_tasks.model import BOARD_SHAPE, MASK_SHAPE, POLICY_SIZE
+from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE, POLICY_SIZE
 from hexz_tasks.selfplay import search_kwargs
 from hexz_tasks.settings import Settings
 
