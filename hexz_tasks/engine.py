@@ -43,8 +43,8 @@ __all__ = [
     "print_random_game",
     "random_games",
     "random_moves",
-    "random_position",
     "random_playouts",
+    "random_position",
 ]
 
 
@@ -107,7 +107,8 @@ def decode_proto(data: bytes) -> tuple[np.ndarray, int]:
                 if f.blocked >> p & 1:
                     t[PLAYER_CHANNELS * p + CH_BLOCKED, r, c] = 1
             continue
-        t[CH_BLOCKED, r, c] = t[PLAYER_CHANNELS + CH_BLOCKED, r, c] = 1  # every piece blocks both players
+        # Every piece blocks both players.
+        t[CH_BLOCKED, r, c] = t[PLAYER_CHANNELS + CH_BLOCKED, r, c] = 1
         if f.type == _CellType.Value("NORMAL") or f.type == _CellType.Value("FLAG"):
             if f.owner not in (1, 2):
                 kind = "FLAG" if f.type == _FLAG_TYPE else "NORMAL"
@@ -161,7 +162,9 @@ def encode_proto(board: Board, player: int, move_number: int = 0) -> hexz_pb2.Ga
             f.type = _CellType.Value("ROCK")
         else:
             f.type = _CellType.Value("NORMAL")
-            f.blocked = int(t[CH_BLOCKED, r, c] > 0) | int(t[PLAYER_CHANNELS + CH_BLOCKED, r, c] > 0) << 1
+            f.blocked = int(t[CH_BLOCKED, r, c] > 0) | (
+                int(t[PLAYER_CHANNELS + CH_BLOCKED, r, c] > 0) << 1
+            )
             f.next_val.extend([int(t[CH_NEXT, r, c]), int(t[PLAYER_CHANNELS + CH_NEXT, r, c])])
     return state
 
@@ -236,7 +239,7 @@ def print_random_game(seed: int | None = None) -> int:
     print("* grass, # rock (or a free cell blocked for both), . free")
     print(format_board(board))
     n = 0
-    for n, (player, (typ, r, c, value)) in enumerate(random_moves(board, rng), 1):  # noqa: B007
+    for n, (player, (typ, r, c, value)) in enumerate(random_moves(board, rng), 1):
         what = "flag" if typ == 0 else f"piece {value}"
         print(f"\nmove {n}: player {player} places a {what} at ({r}, {c})")
         print(format_board(board))

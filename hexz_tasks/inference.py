@@ -101,6 +101,7 @@ def _plain(source: Model, device: str) -> tuple[nn.Module, ModelParams | None]:
 
 
 def _fuse_sequential(seq: nn.Sequential) -> nn.Sequential:
+    """`seq` with each batch norm that directly follows a convolution folded into it."""
     mods = list(seq)
     out: list[nn.Module] = []
     i = 0
@@ -114,20 +115,26 @@ def _fuse_sequential(seq: nn.Sequential) -> nn.Sequential:
             out.append(fuse_conv_bn_eval(m, mods[i + 1]))
             i += 2
             continue
-        if hasattr(m, "body") and isinstance(m.body, nn.Sequential):  # ResidualBlock
-            m = copy.deepcopy(m)
-            m.body = _fuse_sequential(m.body)
+        _fuse_within(m)
         out.append(m)
         i += 1
     return nn.Sequential(*out)
 
 
+def _fuse_within(module: nn.Module) -> None:
+    """Folds the batch norms of every nn.Sequential inside `module`, in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            setattr(module, name, _fuse_sequential(child))
+        else:
+            _fuse_within(child)
+
+
 def fold_batch_norm(net: HexzNet) -> HexzNet:
-    """A copy of `net` (eval mode) with every batch norm folded into its convolution."""
+    """A copy of `net` (eval mode) with every batch norm that directly follows a
+    convolution in an nn.Sequential (anywhere in it) folded into that convolution."""
     net = copy.deepcopy(net).eval()
-    net.torso = _fuse_sequential(net.torso)
-    net.policy_head = _fuse_sequential(net.policy_head)
-    net.value_head = _fuse_sequential(net.value_head)
+    _fuse_within(net)
     return net
 
 

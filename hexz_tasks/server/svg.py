@@ -14,6 +14,7 @@ from html import escape
 import numpy as np
 
 from hexz_tasks.layout import BOARD_SHAPE, COLS, ROWS
+
 # Colours per view: the player to move (channels 0-4) and the opponent (channels 5-9).
 MOVER_COLOUR = "#1f77b4"
 OTHER_COLOUR = "#d62728"
