@@ -41,6 +41,7 @@ its stats are protobuf bytes (``stats_len``, ``stats_pb``) and it has no ``root_
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
@@ -485,7 +486,7 @@ def from_blob(blob: bytes) -> Columns:
             dtype = np.dtype(dt)
             if dtype.hasobject:
                 raise ValueError("object arrays are not allowed")
-            count = int(np.prod(shape))
+            count = math.prod(shape)
             cols[k] = np.frombuffer(body, dtype=dtype, count=count, offset=off).reshape(shape)
             off += count * dtype.itemsize
     except (zlib.error, struct.error, ValueError, TypeError, KeyError, AttributeError) as e:
