@@ -53,19 +53,12 @@ from hexz_tasks.errors import FormatError
 from hexz_tasks.layout import (
     BOARD_SHAPE,
     CELLS,
-    CH_BLOCKED,
-    CH_FLAG,
     CH_FLAGS_LEFT,
     CH_GRASS,
-    CH_NEXT,
-    CH_VALUE,
     GRASS_BYTES,
     MASK_BYTES,
     MASK_SHAPE,
-    PACK_BLOCKED_SHIFT,
-    PACK_FLAG_SHIFT,
-    PACK_NEXT_SHIFT,
-    PACK_VALUE_SHIFT,
+    PACKED_CELL,
     PLAYER_CHANNELS,
     POLICY_SIZE,
 )
@@ -143,30 +136,27 @@ def pack_boards(boards: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray,
     that is not constant)."""
     n = len(boards)
     b = boards.reshape(n, BOARD_SHAPE[0], CELLS)  # (n, channel, cell)
-    _first_bad(~np.isfinite(b).all(axis=(1, 2)), where, "board contains NaN or infinity")
-    _first_bad(((b < 0) | (b > 255)).any(axis=(1, 2)), where, "board values outside 0..255")
+    reject_first(~np.isfinite(b).all(axis=(1, 2)), where, "board contains NaN or infinity")
+    reject_first(((b < 0) | (b > 255)).any(axis=(1, 2)), where, "board values outside 0..255")
     bi = b.astype(np.uint8)
-    _first_bad((bi != b).any(axis=(1, 2)), where, "board values are not integers")
-    ones = [PLAYER_CHANNELS * p + ch for p in range(2) for ch in (CH_FLAG, CH_BLOCKED)]
-    sevens = [PLAYER_CHANNELS * p + ch for p in range(2) for ch in (CH_VALUE, CH_NEXT)]
-    _first_bad((bi[:, ones] > 1).any(axis=(1, 2)), where, "flag/blocked not 0 or 1")
-    _first_bad((bi[:, [*sevens, CH_GRASS]] > 7).any(axis=(1, 2)), where, "board values above 7")
+    reject_first((bi != b).any(axis=(1, 2)), where, "board values are not integers")
+    bits = {ch: width for ch, _, width in PACKED_CELL}
+    ones = [PLAYER_CHANNELS * p + ch for p in range(2) for ch in bits if bits[ch] == 1]
+    sevens = [PLAYER_CHANNELS * p + ch for p in range(2) for ch in bits if bits[ch] == 3]
+    reject_first((bi[:, ones] > 1).any(axis=(1, 2)), where, "flag/blocked not 0 or 1")
+    reject_first((bi[:, [*sevens, CH_GRASS]] > 7).any(axis=(1, 2)), where, "board values above 7")
     fl = bi[:, [CH_FLAGS_LEFT, PLAYER_CHANNELS + CH_FLAGS_LEFT]]  # (n, 2, cell)
-    _first_bad((fl != fl[:, :, :1]).any(axis=(1, 2)), where, "flags-left channel not constant")
-    cells = np.empty((n, 2, CELLS), dtype=np.uint8)
+    reject_first((fl != fl[:, :, :1]).any(axis=(1, 2)), where, "flags-left channel not constant")
+    cells = np.zeros((n, 2, CELLS), dtype=np.uint8)
     for p in range(2):
-        c = PLAYER_CHANNELS * p
-        cells[:, p] = (
-            (bi[:, c + CH_FLAG] << PACK_FLAG_SHIFT)
-            | (bi[:, c + CH_BLOCKED] << PACK_BLOCKED_SHIFT)
-            | (bi[:, c + CH_VALUE] << PACK_VALUE_SHIFT)
-            | (bi[:, c + CH_NEXT] << PACK_NEXT_SHIFT)
-        )
+        for ch, shift, _ in PACKED_CELL:
+            cells[:, p] |= bi[:, PLAYER_CHANNELS * p + ch] << shift
     grass = bi[:, CH_GRASS, 0::2] | (bi[:, CH_GRASS, 1::2] << 4)
     return cells, grass, np.ascontiguousarray(fl[:, :, 0])
 
 
-def _first_bad(bad: np.ndarray, where: str, message: str) -> None:
+def reject_first(bad: np.ndarray, where: str, message: str) -> None:
+    """ValueError naming `where`, the first example flagged in `bad` and the problem."""
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"{where} example {i}: {message}")
@@ -175,12 +165,7 @@ def _first_bad(bad: np.ndarray, where: str, message: str) -> None:
 # Decoding tables: cell byte -> board channel of its player, grass byte -> two cells.
 _CELL_LUTS = {
     ch: np.array([(i >> shift) & ((1 << width) - 1) for i in range(256)], dtype=np.float32)
-    for ch, shift, width in (
-        (CH_FLAG, PACK_FLAG_SHIFT, 1),
-        (CH_BLOCKED, PACK_BLOCKED_SHIFT, 1),
-        (CH_VALUE, PACK_VALUE_SHIFT, 3),
-        (CH_NEXT, PACK_NEXT_SHIFT, 3),
-    )
+    for ch, shift, width in PACKED_CELL
 }
 _GRASS_LO = np.arange(256, dtype=np.uint8) & 15
 _GRASS_HI = np.arange(256, dtype=np.uint8) >> 4

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hexz_tasks import codec, hexz_pb2
+from hexz_tasks.codec import reject_first
 from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE, POLICY_SIZE
 
 NUMPY = hexz_pb2.TrainingExample.NUMPY
@@ -100,11 +101,6 @@ def _arrays(
     return out
 
 
-def _first_bad(bad: np.ndarray, where: str, message: str) -> None:
-    if bad.any():
-        raise ValueError(f"{where} example {int(np.flatnonzero(bad)[0])}: {message}")
-
-
 def to_columns(examples: Sequence[hexz_pb2.TrainingExample], where: str) -> codec.Columns:
     """Validated store columns of protobuf examples; ValueError names `where` and the
     example index. Their move_probs stay float32 targets (``probs_rows``)."""
@@ -126,14 +122,14 @@ def to_columns(examples: Sequence[hexz_pb2.TrainingExample], where: str) -> code
     results = np.array([e.result for e in examples], dtype=np.float32)
 
     cells, grass, flags_left = codec.pack_boards(boards, where)
-    _first_bad(~np.isfinite(probs).all(axis=1), where, "move_probs contains NaN or infinity")
-    _first_bad((probs < 0).any(axis=1), where, "move_probs has negative entries")
-    _first_bad(
+    reject_first(~np.isfinite(probs).all(axis=1), where, "move_probs contains NaN or infinity")
+    reject_first((probs < 0).any(axis=1), where, "move_probs has negative entries")
+    reject_first(
         ((probs != 0) & ~masks).any(axis=1), where, "move_probs nonzero outside the action mask"
     )
     sums = probs.sum(axis=1, dtype=np.float64)
-    _first_bad(np.abs(sums - 1) > 1e-3, where, "move_probs do not sum to 1")
-    _first_bad(~np.isin(results, (-1.0, 0.0, 1.0)), where, "result is not -1, 0 or 1")
+    reject_first(np.abs(sums - 1) > 1e-3, where, "move_probs do not sum to 1")
+    reject_first(~np.isin(results, (-1.0, 0.0, 1.0)), where, "result is not -1, 0 or 1")
 
     has = np.zeros(n, dtype=np.uint8)
     move = np.zeros((n, 5), dtype=np.int32)
@@ -173,7 +169,7 @@ def to_columns(examples: Sequence[hexz_pb2.TrainingExample], where: str) -> code
             "model_predictions.priors",
             where,
         ).reshape(len(prior_rows), POLICY_SIZE)
-        _first_bad(~np.isfinite(p).all(axis=1), where, "priors contain NaN")
+        reject_first(~np.isfinite(p).all(axis=1), where, "priors contain NaN")
         priors[prior_rows] = p
 
     return {

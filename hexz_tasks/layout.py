@@ -39,6 +39,13 @@ PACK_BLOCKED_SHIFT = 1
 PACK_VALUE_SHIFT = 2
 PACK_NEXT_SHIFT = 5
 GRASS_BYTES = CELLS // 2  # 55
+# The cell byte as (channel of the player's block, shift, bits).
+PACKED_CELL = (
+    (CH_FLAG, PACK_FLAG_SHIFT, 1),
+    (CH_BLOCKED, PACK_BLOCKED_SHIFT, 1),
+    (CH_VALUE, PACK_VALUE_SHIFT, 3),
+    (CH_NEXT, PACK_NEXT_SHIFT, 3),
+)
 
 # Field.CellType of the wire format for a move's type (GameEngineMove.cell_type).
 WIRE_CELL_TYPE_FLAG = 5

@@ -8,6 +8,8 @@ TrainingExamples (the edge format).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from hexz_tasks import codec, hexz_pb2
@@ -53,11 +55,7 @@ def game_columns(
 
 
 def game_examples(
-    n_games: int,
-    seed: int = 0,
-    runs: int = 40,
-    max_moves: int = 200,
-    model: tuple[str, int] = ("flagz", 0),
+    n_games: int, seed: int = 0, **options: Any
 ) -> list[list[hexz_pb2.TrainingExample]]:
-    """The same games as :func:`game_columns`, as NUMPY-encoded TrainingExamples."""
-    return [from_columns(c) for c in game_columns(n_games, seed, runs, max_moves, model)]
+    """The games of :func:`game_columns` (same arguments) as NUMPY-encoded examples."""
+    return [from_columns(c) for c in game_columns(n_games, seed, **options)]
