@@ -5,9 +5,9 @@ Contract: ``forward(board, action_mask)`` with board (N, 11, 11, 10) float32 and
 action_mask (N, 2, 11, 10) bool returns ``(policy_logits, value)``: logits (N, 220)
 with illegal moves set to -1e32, value (N, 1) in -1..1 for the player to move.
 
-Every network is a HexzNet: a torso from :data:`ARCHITECTURES` (by name, the
-``model_type`` of :class:`ModelParams`) and the spec's policy and value heads. Adding an
-architecture is one torso function and one entry there. A model file says what it is:
+Every network is a HexzNet: a torso from hexz_tasks.architectures (by name, the
+``model_type`` of :class:`ModelParams`) and the spec's policy and value heads. A model
+file says what it is:
 checkpoints keep their ModelParams in ``model.pt.params`` and inside their TorchScript
 file (:func:`to_scriptmodule_bytes`); nothing is inferred from weight names.
 """
@@ -17,61 +17,19 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from hexz_tasks.architectures import ARCHITECTURES
 from hexz_tasks.errors import ModelError
-from hexz_tasks.layout import BOARD_SHAPE, CELLS, POLICY_SIZE
+from hexz_tasks.layout import CELLS, POLICY_SIZE
 
 ILLEGAL_LOGIT = -1e32
 # Where a TorchScript file of ours keeps its ModelParams (torch.jit extra files).
 PARAMS_EXTRA_FILE = "hexz_model_params.json"
-
-
-def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-
-class ResidualBlock(nn.Module):
-    def __init__(self, filters: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            *_conv_bn_relu(filters, filters),
-            nn.Conv2d(filters, filters, 3, padding=1, bias=False),
-            nn.BatchNorm2d(filters),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + x)
-
-
-def conv2d_torso(blocks: int, filters: int) -> list[nn.Module]:
-    """`blocks` conv-BN-ReLU layers (the reference network)."""
-    layers = _conv_bn_relu(BOARD_SHAPE[0], filters)
-    for _ in range(blocks - 1):
-        layers += _conv_bn_relu(filters, filters)
-    return layers
-
-
-def resnet_torso(blocks: int, filters: int) -> list[nn.Module]:
-    """One conv-BN-ReLU layer, then blocks - 1 residual blocks."""
-    return [
-        *_conv_bn_relu(BOARD_SHAPE[0], filters),
-        *(ResidualBlock(filters) for _ in range(blocks - 1)),
-    ]
-
-
-# Network architectures by name: (blocks, filters) -> the torso's layers, mapping the
-# (N, 11, 11, 10) board to (N, filters, 11, 10). Batch norms that directly follow a
-# convolution (in any nn.Sequential of the torso) are folded for inference.
-ARCHITECTURES: dict[str, Callable[[int, int], list[nn.Module]]] = {
-    "conv2d": conv2d_torso,
-    "resnet": resnet_torso,
-}
 
 
 @dataclass(frozen=True)
@@ -106,11 +64,7 @@ class ModelParams:
 
 
 class HexzNet(nn.Module):
-    """A torso of ARCHITECTURES[model_type] and the policy and value heads.
-
-    Convolutions use padding=1, the same as padding='same' for 3x3 kernels, because
-    TorchScript freezing fails on the string form.
-    """
+    """A torso of ARCHITECTURES[model_type] and the policy and value heads."""
 
     def __init__(self, model_type: str = "conv2d", blocks: int = 5, filters: int = 128) -> None:
         super().__init__()

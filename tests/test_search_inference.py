@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from hexz_tasks import model as model_module
+from hexz_tasks import architectures
 from hexz_tasks.inference import Evaluator, fold_batch_norm, sample_positions
 from hexz_tasks.model import (
     HexzNet,
@@ -150,7 +150,7 @@ class Wide(nn.Module):
 
 
 def test_a_new_architecture_is_one_registry_entry(monkeypatch, positions) -> None:
-    monkeypatch.setitem(model_module.ARCHITECTURES, "wide", lambda blocks, f: [Wide(f)])
+    monkeypatch.setitem(architectures.ARCHITECTURES, "wide", lambda blocks, f: [Wide(f)])
     net = trained_looking(HexzNet("wide", 1, 12))
     data = to_scriptmodule_bytes(net)
     assert load_scripted(data)[1] == ModelParams("wide", 1, 12)

@@ -3,9 +3,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 namespace hexz {
+
+// A game keeps its own copy of the parameters and lives in its driver's slots; neither
+// can be copied or moved, so nothing refers to a driver that is gone.
+static_assert(!std::is_copy_constructible_v<SelfPlayDriver> &&
+              !std::is_move_constructible_v<SelfPlayDriver> &&
+              !std::is_move_constructible_v<Game>);
 
 namespace {
 
