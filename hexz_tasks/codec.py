@@ -281,15 +281,18 @@ def check(cols: Columns, what: str, complete: bool = True) -> Columns:
             f"{what}: columns do not match format {FORMAT_VERSION} "
             f"(unknown {sorted(unknown)}, missing {sorted(missing | ({'result'} - set(cols)))})"
         )
-    n = len(cols["result"])
-    entries = _entry_counts(cols, n)
     for name, a in cols.items():
         spec = SCHEMA[name]
         if a.dtype.str not in spec.dtypes:
             raise FormatError(f"{what}: column {name} has dtype {a.dtype.str}, not {spec.dtypes}")
-        want = entries[spec.per]
-        if a.shape[1:] != spec.shape or a.ndim != 1 + len(spec.shape):
+        if a.ndim != 1 + len(spec.shape) or a.shape[1:] != spec.shape:
             raise FormatError(f"{what}: column {name} has shape {a.shape}")
+    if "depth_len" in cols and (cols["depth_len"] < 0).any():
+        raise FormatError(f"{what}: negative depth_len")
+    n = len(cols["result"])
+    entries = _entry_counts(cols, n)
+    for name, a in cols.items():
+        want = entries[SCHEMA[name].per]
         if want is not None and len(a) != want:
             raise FormatError(f"{what}: column {name} has {len(a)} entries, expected {want}")
     rows = cols.get("probs_rows")
@@ -299,8 +302,6 @@ def check(cols: Columns, what: str, complete: bool = True) -> Columns:
         and (rows[0] < 0 or rows[-1] >= n or (len(rows) > 1 and (np.diff(rows) <= 0).any()))
     ):
         raise FormatError(f"{what}: probs_rows are not ascending rows of the batch")
-    if "depth_len" in cols and (cols["depth_len"] < 0).any():
-        raise FormatError(f"{what}: negative depth_len")
     if "names" in cols:
         try:
             names = names_of(cols)
@@ -308,9 +309,11 @@ def check(cols: Columns, what: str, complete: bool = True) -> Columns:
             raise FormatError(f"{what}: names are not a JSON list: {e}") from None
         if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
             raise FormatError(f"{what}: names are not a list of strings")
-        idx = cols.get("model_name_idx")
-        if idx is not None and len(idx) and (idx.min() < 0 or idx.max() >= max(len(names), 1)):
-            raise FormatError(f"{what}: model_name_idx outside the names table")
+        idx, has = cols.get("model_name_idx"), cols.get("has")
+        if idx is not None and has is not None:
+            named = idx[(has & HAS_MODEL_KEY) != 0]
+            if len(named) and (named.min() < 0 or named.max() >= len(names)):
+                raise FormatError(f"{what}: model_name_idx outside the names table")
     return cols
 
 
@@ -506,7 +509,7 @@ def upgrade(cols: Columns, version: int, what: str, complete: bool) -> Columns:
     try:
         if version == 1:
             cols = _upgrade_v1(cols)
-    except (KeyError, IndexError, ValueError) as e:
+    except (KeyError, IndexError, TypeError, ValueError) as e:
         raise FormatError(f"{what}: corrupt format 1 columns: {e}") from e
     return check(cols, what, complete)
 

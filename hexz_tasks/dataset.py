@@ -21,6 +21,8 @@ import io
 import json
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -209,7 +211,7 @@ class Dataset:
                 else:
                     names = codec.stored_names(chunk.version, columns)
                 cols = {k: z[k] for k in names}
-        except (OSError, ValueError, KeyError, EOFError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise codec.FormatError(f"corrupt {what}: {e}") from e
         return codec.upgrade(cols, chunk.version, what, complete=columns is None)
 

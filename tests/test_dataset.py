@@ -82,9 +82,11 @@ def test_temporary_and_covered_chunks_are_ignored(tmp_path: Path, examples: list
 def test_corrupt_chunk_names_the_file(tmp_path: Path, examples: list) -> None:
     ds = _filled(tmp_path, examples[:1])
     (chunk,) = ds.chunks()
-    chunk.path.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match=re.escape(f"corrupt example chunk {chunk.path}")):
-        ds.window(10)
+    data = chunk.path.read_bytes()
+    for damaged in (b"not a zip", data[: len(data) // 2], data[:-300] + bytes(300)):
+        chunk.path.write_bytes(damaged)
+        with pytest.raises(ValueError, match=re.escape(f"corrupt example chunk {chunk.path}")):
+            ds.window(10)
 
 
 def test_window_mode_batches_cover_every_example_once_per_epoch() -> None:

@@ -338,3 +338,37 @@ def test_chunks_of_an_unknown_format_are_refused(tmp_path: Path) -> None:
         ds.window(10)
     with pytest.raises(codec.FormatError, match="format version 9"):
         ds.last_stream_id()
+
+
+@pytest.fixture(scope="module")
+def small_game() -> codec.Columns:
+    return game_columns(1, seed=16, runs=5, max_moves=8)[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_damaged_blob_is_refused_or_well_formed(small_game, data: st.DataObject) -> None:
+    """Flipped, cut or inserted bytes anywhere in a blob (the compressed stream, or the
+    header and arrays inside it): FormatError, or columns that every reader takes."""
+    cols = small_game
+    body = zlib.decompress(codec.to_blob(cols)[5:])
+    target = data.draw(st.sampled_from(["blob", "body"]))
+    raw = bytearray(codec.to_blob(cols) if target == "blob" else body)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        action = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if action == "flip":
+            raw[i] ^= data.draw(st.integers(1, 255))
+        elif action == "cut":
+            del raw[i : i + data.draw(st.integers(1, 64))]
+        else:
+            raw[i:i] = data.draw(st.binary(min_size=1, max_size=16))
+    blob = bytes(raw) if target == "blob" else b"HXZC2" + zlib.compress(bytes(raw))
+    try:
+        out = codec.from_blob(blob)
+    except codec.FormatError:
+        return
+    codec.check(out, "fuzzed")
+    codec.decode(out)
+    codec.take_rows(out, np.arange(codec.num_rows(out)))
+    from_columns(out)
