@@ -16,7 +16,7 @@ configuration in CONFIG: `hexz run`'s quick-start settings), stops it, then play
   then). So both sides get the same CPU time per move, as "strength per CPU-hour" asks;
   the UCT search runs on one thread, and the UCT moves of different games in parallel.
 
-It prints the scores with 95 % intervals (hexz_tasks.arena.paired_score), the
+It prints the scores with 95 % intervals (hexz_tasks.intervals.paired_score), the
 Bradley-Terry rating curve over every stored game (the automatic evaluation's matches
 during the run, against checkpoint 0, the predecessor and ARENA_BASELINES, and the final
 matches at 64 runs; the 800-run matches are not stored, so that a checkpoint's label

@@ -29,12 +29,11 @@ A game ends when neither player can move, when the player to move is stuck and b
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,10 +44,10 @@ import redis
 from hexz_tasks._search import Search, game_seed
 from hexz_tasks._uct import UctSearch
 from hexz_tasks.engine import Board
+from hexz_tasks.intervals import paired_score
 from hexz_tasks.keys import Keys
-from hexz_tasks.model import BOARD_SHAPE, MASK_SHAPE, POLICY_SIZE
+from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE, POLICY_SIZE
 from hexz_tasks.players import PlayerSpec, parse_player
-from hexz_tasks.ratings import Z95
 from hexz_tasks.selfplay import search_kwargs
 from hexz_tasks.settings import Settings
 
@@ -119,43 +118,6 @@ def load_player(
 
 
 # ------------------------------------------------------------------ match scores
-
-
-def wilson_interval(p: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion `p` observed in `n` (possibly
-    fractional) trials."""
-    d = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / d
-    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / d
-    # It always contains p; min/max only undo rounding (p = 1 must give high = 1).
-    return max(0.0, min(center - half, p)), min(1.0, max(center + half, p))
-
-
-def paired_score(pair_scores: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): A's mean score over pairs with a 95 % interval in [0, 1].
-
-    Each entry is A's mean points over one board's two games (seats swapped), so the
-    pairs are independent and the board's own bias cancels within each. The interval is
-    a score (Wilson-type) interval for the mean with variance ``deff * p (1 - p) / n``:
-    a pair score lies in [0, 1], so its variance is at most ``p (1 - p)`` (deff 1), and
-    two independent games give half that. deff is the pairs' sample variance over
-    ``mean (1 - mean)``, clipped to [1/2, 1]; where the sample says nothing (a mean of
-    0 or 1, or one pair) it is 1. So unanimous pairs never give a zero-width interval
-    (10 pairs all won: 0.72..1), and simulated coverage stays at 93-99 % for scores from
-    0.5 to 1 and 3 to 100 pairs (tests/test_arena.py), where a t interval on the pairs
-    falls to 45 % at a true score of 0.9 and 3 pairs.
-    """
-    x = np.asarray(pair_scores, dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("no pairs to score")
-    if np.any((x < 0) | (x > 1)):
-        raise ValueError(f"pair scores must be in [0, 1], got {x[(x < 0) | (x > 1)][0]}")
-    mean = float(x.mean())
-    bound = mean * (1.0 - mean)
-    deff = 1.0
-    if x.size > 1 and bound > 0:
-        deff = min(1.0, max(0.5, float(x.var(ddof=1)) / bound))
-    return (mean, *wilson_interval(mean, x.size / deff))
 
 
 def points(result: int) -> float:
@@ -444,7 +406,7 @@ def run_match(
 ) -> dict[str, Any]:
     """Parses and loads both players, plays the match, stores every game as it finishes
     and the summary at the end (when `r` is given); returns the summary."""
-    players = [load_player(parse_player(p, settings), settings, r, keys) for p in (a, b)]
+    players = [load_player(parse_player(p, settings.model_name), settings, r, keys) for p in (a, b)]
     if settings.inference_threads > 0:
         import torch
 
@@ -487,7 +449,7 @@ def _reachable_redis(settings: Settings) -> redis.Redis | None:
 def run_arena_cli(a: str, b: str, games: int, runs: int, seed: int, settings: Settings) -> int:
     """`hexz arena`: plays the match, prints its score, stores the games in Redis if reachable."""
     keys = Keys(settings.key_prefix)
-    specs = [parse_player(p, settings) for p in (a, b)]  # fail fast on a bad argument
+    specs = [parse_player(p, settings.model_name) for p in (a, b)]  # fail fast on a bad argument
     if games < 2 or games % 2:
         raise ValueError(f"--games must be a positive even number, got {games}")
     if runs < 1:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hexz_tasks.errors import ModelError
 from hexz_tasks.settings import Settings, SettingsError
 
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _dispatch(args, settings) or 0
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
+    except (ValueError, ModelError, FileNotFoundError, ConnectionError) as e:
         print(f"hexz {args.command}: {e}", file=sys.stderr)
         return 1
 

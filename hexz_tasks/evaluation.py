@@ -56,27 +56,29 @@ def make_heldout(
     games: int = HELDOUT_GAMES, runs: int = HELDOUT_RUNS, seed: int = HELDOUT_SEED
 ) -> dict[str, np.ndarray]:
     """Positions of pure-MCTS self-play games: boards, masks, move_probs, results."""
+    from hexz_tasks import codec
     from hexz_tasks._search import SelfPlay
+    from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE, POLICY_SIZE
 
     # The reference's first-play urgency keeps the set what it always was.
     driver = SelfPlay(games, games, seed, runs_per_move=runs, random_playouts=1, fpu_reference=True)
-    boards = np.zeros((driver.capacity, 11, 11, 10), dtype=np.float32)
-    masks = np.zeros((driver.capacity, 2, 11, 10), dtype=bool)
-    parts: dict[int, dict[str, Any]] = {}
+    boards = np.zeros((driver.capacity, *BOARD_SHAPE), dtype=np.float32)
+    masks = np.zeros((driver.capacity, *MASK_SHAPE), dtype=bool)
+    parts: dict[int, codec.Columns] = {}
     while True:
         n = driver.prepare(boards, masks)
         for g in driver.take_finished():
-            parts[g["index"]] = g
+            parts[g["index"]] = g["columns"]
         if n == 0:
             break
         # Uniform priors (all zero); the random playout replaces the value.
-        driver.feed(np.zeros((n, 220), dtype=np.float32), np.zeros(n, dtype=np.float32))
-    ordered = [parts[i] for i in sorted(parts)]
+        driver.feed(np.zeros((n, POLICY_SIZE), np.float32), np.zeros(n, np.float32))
+    batch = codec.decode(codec.concat([parts[i] for i in sorted(parts)]))
     return {
-        "boards": np.concatenate([g["boards"] for g in ordered]),
-        "masks": np.concatenate([g["masks"] for g in ordered]),
-        "move_probs": np.concatenate([g["move_probs"] for g in ordered]).reshape(-1, 220),
-        "results": np.concatenate([g["results"] for g in ordered]).astype(np.float32),
+        "boards": batch.boards,
+        "masks": batch.masks,
+        "move_probs": batch.move_probs,
+        "results": batch.results,
     }
 
 

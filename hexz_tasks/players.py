@@ -18,10 +18,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from hexz_tasks.settings import Settings
 
 _MCTS = re.compile(r"^mcts(?::(\d+))?$")
 _UCT = re.compile(r"^uct(?::(\d+)|@(\d+))$")
@@ -68,14 +64,14 @@ def parse_baseline(text: str) -> PlayerSpec | None:
     return None
 
 
-def parse_player(text: str, settings: Settings) -> PlayerSpec:
+def parse_player(text: str, model_name: str) -> PlayerSpec:
     """Parses a player argument; ValueError naming the argument if it is none of the kinds."""
     text = text.strip()
     if (spec := parse_baseline(text)) is not None:
         return spec
     if text.isdigit():
         n = int(text)
-        return PlayerSpec("checkpoint", checkpoint_label(settings.model_name, n), checkpoint=n)
+        return PlayerSpec("checkpoint", checkpoint_label(model_name, n), checkpoint=n)
     path = Path(text).expanduser()
     if path.is_file():
         return PlayerSpec("file", f"file:{path.resolve()}", path=path)

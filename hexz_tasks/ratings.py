@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import redis
 
+from hexz_tasks.intervals import Z95
 from hexz_tasks.keys import Keys
 from hexz_tasks.settings import Settings
 
 ELO = 400.0 / math.log(10.0)  # Elo points per natural-log-odds unit
 PRIOR_SD_ELO = 2000.0
-Z95 = 1.959963985
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from hexz_tasks.architectures import ARCHITECTURES
 from hexz_tasks.players import parse_baseline
 
 ENV_PREFIX = "HEXZ_"
@@ -75,7 +76,8 @@ class Settings:
     # Defaults to <data_dir> when unset (the spec's model_repo_base_dir).
     model_repo_base_dir: Path | None = None
     model_name: str = "flagz"
-    model_type: Literal["conv2d", "resnet"] = "conv2d"
+    # A name in hexz_tasks.architectures.ARCHITECTURES.
+    model_type: str = "conv2d"
     model_blocks: int = 5
     model_filters: int = 128
     batch_size: int = 4096
@@ -210,8 +212,11 @@ class Settings:
             raise SettingsError(
                 f"HEXZ_INITIAL_ROOT_Q_VALUE must be in [-1, 1], got {self.initial_root_q_value}"
             )
-        if self.model_type == "resnet" and self.model_blocks < 1:
-            raise SettingsError("HEXZ_MODEL_BLOCKS must be >= 1 for resnet")
+        if self.model_type not in ARCHITECTURES:
+            raise SettingsError(
+                f"HEXZ_MODEL_TYPE={self.model_type!r} is invalid: expected one of "
+                f"{', '.join(ARCHITECTURES)}"
+            )
         if not self.model_name or "/" in self.model_name or self.model_name.startswith("."):
             raise SettingsError(f"HEXZ_MODEL_NAME is not a valid name: {self.model_name!r}")
         if self.device != "cpu" and not (

@@ -15,15 +15,8 @@ import redis
 import torch
 from conftest import REPO_ROOT, TEST_PREFIX, Procs, RedisServer, tiny_env
 
-from hexz_tasks.arena import (
-    load_player,
-    paired_score,
-    play_match,
-    run_match,
-    stored_games,
-    stored_matches,
-    wilson_interval,
-)
+from hexz_tasks.arena import load_player, play_match, run_match, stored_games, stored_matches
+from hexz_tasks.intervals import paired_score, wilson_interval
 from hexz_tasks.keys import Keys
 from hexz_tasks.model import HexzNet, ModelParams, to_scriptmodule_bytes
 from hexz_tasks.players import PlayerSpec, parse_player
@@ -38,7 +31,7 @@ def settings_for(tmp_path: Path, **overrides: object) -> Settings:
 
 
 def players(settings: Settings, a: str, b: str):
-    return [load_player(parse_player(p, settings), settings) for p in (a, b)]
+    return [load_player(parse_player(p, settings.model_name), settings) for p in (a, b)]
 
 
 def without_time(games: list[dict]) -> list[dict]:
@@ -107,13 +100,13 @@ def test_temperature_changes_moves_but_stays_deterministic(tmp_path: Path) -> No
 def test_bad_arguments_are_rejected_with_clear_messages(tmp_path: Path) -> None:
     s = settings_for(tmp_path)
     with pytest.raises(ValueError, match="not a checkpoint number"):
-        parse_player("alphazero", s)
+        parse_player("alphazero", s.model_name)
     with pytest.raises(ValueError, match="even"):
         play_match(*players(s, "random", "random"), 3, 4, 0, s)
     with pytest.raises(ValueError, match="runs per move"):
         play_match(*players(s, "random", "random"), 2, 0, 0, s)
     with pytest.raises(ValueError, match="checkpoint 7"):
-        load_player(parse_player("7", s), s)
+        load_player(parse_player("7", s.model_name), s)
 
 
 # ------------------------------------------------------------------ scores
@@ -204,17 +197,17 @@ def test_more_iterations_make_mcts_stronger(tmp_path: Path) -> None:
 
 def test_uct_players_parse_with_normalised_labels(tmp_path: Path) -> None:
     s = settings_for(tmp_path)
-    assert parse_player("uct:0800", s) == PlayerSpec("uct", "uct:800", iterations=800)
-    assert parse_player(" uct@50", s) == PlayerSpec("uct", "uct@50", think_ms=50)
+    assert parse_player("uct:0800", s.model_name) == PlayerSpec("uct", "uct:800", iterations=800)
+    assert parse_player(" uct@50", s.model_name) == PlayerSpec("uct", "uct@50", think_ms=50)
     for bad in ("uct", "uct:", "uct:5@5", "uct:-3", "uct 800"):
         with pytest.raises(ValueError, match="not a checkpoint number"):
-            parse_player(bad, s)
+            parse_player(bad, s.model_name)
     with pytest.raises(ValueError, match=r"iterations must be in 1\.\.1000000"):
-        parse_player("uct:0", s)
+        parse_player("uct:0", s.model_name)
     with pytest.raises(ValueError, match="iterations must be in"):
-        parse_player("uct:1000001", s)
+        parse_player("uct:1000001", s.model_name)
     with pytest.raises(ValueError, match=r"think time must be in 1\.\.60000 ms"):
-        parse_player("uct@60001", s)
+        parse_player("uct@60001", s.model_name)
 
 
 def test_uct_beats_random_and_more_iterations_make_it_stronger(tmp_path: Path) -> None:
@@ -264,10 +257,10 @@ def test_a_checkpoint_missing_on_disk_loads_from_redis(
     repo = ModelRepository(tmp_path / "elsewhere", s.model_name)
     repo.ensure_initial(ModelParams("conv2d", 1, 8))
     repo.publish(redis_client, keys, 0)
-    player = load_player(parse_player("0", s), s, redis_client, keys)
+    player = load_player(parse_player("0", s.model_name), s, redis_client, keys)
     assert player.evaluator is not None
     with pytest.raises(ValueError, match="neither in"):
-        load_player(parse_player("1", s), s, redis_client, keys)
+        load_player(parse_player("1", s.model_name), s, redis_client, keys)
 
 
 # ------------------------------------------------------------------ storage, CLI, task

@@ -10,7 +10,7 @@ from test_search_suggest import request
 
 from hexz_tasks import hexz_pb2
 from hexz_tasks.engine import Board
-from hexz_tasks.examples import decode_array
+from hexz_tasks.examples import decode_array, from_columns
 from hexz_tasks.inference import Evaluator
 from hexz_tasks.model import HexzNet
 from hexz_tasks.selfplay import play_games, suggest_move
@@ -29,11 +29,12 @@ def test_selfplay_plays_forced_moves_without_examples() -> None:
     forced = 0
     for game in play_games(HexzNet("conv2d", 1, 8), 8, settings, seed=3):
         forced_before = forced
-        first = game.examples[0]
+        examples = from_columns(game.columns)
+        first = examples[0]
         assert first.move.move == 0 and first.turn == 0
         board = Board.from_tensor(decode_array(first.board, first.encoding, "board"))
         p, number = 0, 0
-        for ex in game.examples:
+        for ex in examples:
             while number < ex.move.move:
                 (move,) = board.legal_moves(p)  # forced: exactly one
                 board.make_move(p, move)

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic import game_columns
 
 import bench.numpy_flagz as numpy_flagz
 from bench.numpy_flagz import NumpyBoard
-from hexz_tasks import codec, synthetic
+from hexz_tasks import codec
 from hexz_tasks.dataset import Batch, Dataset
 from hexz_tasks.engine import Board
 from hexz_tasks.repository import ModelRepository, params_from_settings
@@ -126,6 +127,7 @@ def batch_of(boards: list[Board], players: list[int], rng: np.random.Generator) 
         masks=masks,
         move_probs=probs.reshape(len(boards), -1),
         results=rng.choice([-1.0, 0.0, 1.0], len(boards)).astype(np.float32),
+        root_q=rng.uniform(-1, 1, len(boards)).astype(np.float32),
     )
 
 
@@ -159,6 +161,7 @@ def test_random_symmetries_mirror_each_example_consistently() -> None:
         np.testing.assert_array_equal(mirrored.action_mask(0), out.masks[i])
     assert set(seen) == {0, 1, 2, 3}
     np.testing.assert_array_equal(out.results, batch.results)
+    np.testing.assert_array_equal(out.root_q, batch.root_q)
     # The input batch is left alone; the same seed draws the same symmetries.
     again = random_symmetries(batch, np.random.default_rng(7))
     np.testing.assert_array_equal(again.boards, out.boards)
@@ -169,10 +172,8 @@ def test_random_symmetries_mirror_each_example_consistently() -> None:
 
 
 def small_dataset(path: Path, games: int = 6) -> Dataset:
-    rng = np.random.default_rng(1)
-    examples = [e for _ in range(games) for e in synthetic.game_examples(rng, runs=20)]
     ds = Dataset(path)
-    ds.append(codec.encode_examples(examples, "test games"), None)
+    ds.append(codec.concat(game_columns(games, seed=1, runs=20)), None)
     return ds
 
 
