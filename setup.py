@@ -2,6 +2,7 @@
 
 - hexz_tasks._engine: the board (rules, encoding, random playouts).
 - hexz_tasks._search: neural MCTS and the many-games self-play driver.
+- hexz_tasks._uct: the game server's CPU player (plain UCT, random rollouts).
 """
 
 import glob
@@ -10,6 +11,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 HEADERS = sorted(glob.glob("workers/engine/*.h"))
+UCT_SOURCES = ["workers/engine/board.cc", "workers/engine/uct.cc"]
+SEARCH_SOURCES = sorted(set(glob.glob("workers/engine/*.cc")) - {"workers/engine/uct.cc"})
 CXXFLAGS = ["-std=c++17", "-O3", "-fno-math-errno", "-Wall"]
 
 
@@ -28,7 +31,8 @@ setup(
     ext_modules=cythonize(
         [
             extension("_engine", "workers/_engine.pyx", ["workers/engine/board.cc"]),
-            extension("_search", "workers/_search.pyx", sorted(glob.glob("workers/engine/*.cc"))),
+            extension("_search", "workers/_search.pyx", SEARCH_SOURCES),
+            extension("_uct", "workers/_uct.pyx", UCT_SOURCES),
         ],
         include_path=["workers"],
         language_level=3,

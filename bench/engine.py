@@ -1,7 +1,9 @@
 """Engine speed: random playouts and legal-moves + make-move operations per second.
 
 The C++ engine (timed in C++ loops, so Python call overhead does not count) next to the
-pure-NumPy rules of bench/numpy_flagz.py, both measured in this run on one core. Rates
+pure-NumPy rules of bench/numpy_flagz.py, both measured in this run on one core; and the
+UCT player's (``uct:N``) iterations per second from fresh boards, next to the random
+playout rate (one iteration is one playout plus a descent and a backup). Rates
 are per second of this process's CPU time (equal to wall time on an idle machine), so
 other processes sharing the machine do not skew them. The last line printed is one
 JSON object.
@@ -21,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bench.numpy_flagz import NumpyBoard
+from hexz_tasks._uct import UctSearch
 from hexz_tasks.engine import Board, random_games, random_playouts
 from hexz_tasks.progress import timed
 
@@ -62,6 +65,12 @@ def python_api_ops(n_games: int, seed: int) -> int:
     return moves_played
 
 
+def uct_iterations(n_boards: int, iterations: int, seed: int) -> int:
+    """Iterations of UCT searches of `iterations` each from `n_boards` fresh boards."""
+    uct = UctSearch(seed)
+    return sum(uct.search(Board.random(seed + k), 0, iterations) for k in range(n_boards))
+
+
 def numpy_playouts(n: int, rng: np.random.Generator) -> int:
     for _ in range(n):
         NumpyBoard.random(rng).random_playout(0, rng)
@@ -98,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     playouts = best_rate(lambda: len(random_playouts(20_000, next(seeds))), secs, "C++ playouts")
     ops = best_rate(lambda: random_games(2_000, next(seeds)), secs, "C++ ops")
     api_ops = best_rate(lambda: python_api_ops(20, next(seeds)), secs / 2, "Python API ops")
+    uct = best_rate(lambda: uct_iterations(4, 3200, 1000 * next(seeds)), secs, "UCT iterations")
     rng = np.random.default_rng(0)
     np_playouts = best_rate(lambda: numpy_playouts(2, rng), secs, "NumPy playouts")
     np_ops = best_rate(lambda: numpy_ops(2, rng), secs, "NumPy ops")
@@ -106,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"C++ engine:  {playouts:12,.0f} random playouts/s from fresh boards")
     print(f"             {ops:12,.0f} legal-moves + make-move ops/s (timed in C++)")
     print(f"             {api_ops:12,.0f} legal-moves + make-move ops/s via the Python API")
+    print(
+        f"UCT player:  {uct:12,.0f} iterations/s (uct:3200 from fresh boards), "
+        f"{uct / playouts:.2f}x the playout rate"
+    )
     print(f"NumPy rules: {np_playouts:12,.1f} random playouts/s from fresh boards")
     print(f"             {np_ops:12,.0f} legal-moves + make-move ops/s")
     vs_original = playouts / ORIGINAL_PLAYOUTS_PER_S
@@ -117,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 "playouts_per_s": round(playouts),
                 "ops_per_s": round(ops),
                 "python_api_ops_per_s": round(api_ops),
+                "uct_iterations_per_s": round(uct),
+                "uct_ratio_vs_playouts": round(uct / playouts, 3),
                 "numpy_playouts_per_s": round(np_playouts, 2),
                 "numpy_ops_per_s": round(np_ops),
                 "playouts_ratio_vs_numpy": round(playouts / np_playouts, 1),

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from hexz_tasks.inference import MODES, Evaluator, sample_positions
-from hexz_tasks.model import HexzNet
+from hexz_tasks.model import ARCHITECTURES, HexzNet, ModelParams
 from hexz_tasks.progress import bar
 from hexz_tasks.selfplay import play_games
 from hexz_tasks.settings import Settings
@@ -83,7 +83,7 @@ def evals_per_example(
     for g in bar(games, "evals per example", unit="game", iterable=played):
         evals += g.evaluations
         hits += g.cache_hits
-        examples += len(g.examples)
+        examples += g.num_examples
         moves += g.num_moves
     return {
         "evals_per_example": evals / examples,
@@ -95,7 +95,9 @@ def evals_per_example(
     }
 
 
-def compare_modes(model: Any, boards, masks, batch: int, seconds: float) -> dict[str, Any]:
+def compare_modes(
+    model: Any, params: ModelParams, boards, masks, batch: int, seconds: float
+) -> dict[str, Any]:
     """Bare evals/s and deviation from the plain eval model of every inference mode."""
     out: dict[str, Any] = {}
     for mode in MODES:
@@ -103,7 +105,7 @@ def compare_modes(model: Any, boards, masks, batch: int, seconds: float) -> dict
             continue
         try:
             start = time.perf_counter()
-            ev = Evaluator(model, mode=mode)
+            ev = Evaluator(model, mode=mode, params=params)
             build_s = time.perf_counter() - start
             ev(boards[:batch], masks[:batch])  # compile / warm up
             dev = ev.deviation()
@@ -129,7 +131,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--mode", choices=MODES, default="auto", help="Evaluator mode")
     ap.add_argument("--device", default="cpu", help="device of the self-play network")
-    ap.add_argument("--model-type", choices=["conv2d", "resnet"], default="conv2d")
+    ap.add_argument("--model-type", choices=list(ARCHITECTURES), default="conv2d")
     ap.add_argument("--blocks", type=int, default=5)
     ap.add_argument("--filters", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=None)
@@ -168,7 +170,9 @@ def main() -> None:
             f"{args.model_type} {args.blocks}x{args.filters} (random weights)",
             HexzNet(*shape),
         )
-    evaluator = Evaluator(model, args.device, mode=args.mode)
+    # The fixture file names no ModelParams (the original project wrote it): say them.
+    params = ModelParams(*shape)
+    evaluator = Evaluator(model, args.device, mode=args.mode, params=params)
     batch = args.games_in_flight
     boards, masks = sample_positions(max(64, batch), seed=args.seed)
     result: dict[str, Any] = {
@@ -181,7 +185,7 @@ def main() -> None:
         "device": args.device,
     }
     if args.modes:
-        result["modes"] = compare_modes(model, boards, masks, batch, measure_s)
+        result["modes"] = compare_modes(model, params, boards, masks, batch, measure_s)
 
     refs: list[float] = []
     bares: list[float] = []

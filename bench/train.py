@@ -1,9 +1,13 @@
 """Training data path benchmark (issue 6).
 
-Measures, in one run:
+Measures, in one run, on self-play games of the real engine (a random stand-in for the
+network, 800 runs per move: tests/synthetic.py):
 - bytes per example: in Redis (compressed blob per game) and on disk (.npz chunk),
   next to the protobuf size with NUMPY arrays;
-- ingest: examples per second stored by two producer processes calling add_game;
+- ingest: examples per second stored by two producer processes calling add_game with
+  each game's columns (what a self-play worker does once the engine hands it a game);
+- edge_ingest_examples_per_s: protobuf TrainingExamples validated and converted to
+  columns per second, one process (what AddTrainingExamples and `hexz import` add);
 - drain: examples per second moved from Redis to the on-disk dataset (with archives);
 - window_1m_load_s: loading the newest 2**20 examples of a synthetic on-disk dataset;
 - train_samples_per_s: the real trainer (chunks on disk -> window -> prefetched batches
@@ -27,57 +31,59 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.private_redis import private_redis
-from hexz_tasks import codec, hexz_pb2, synthetic
+from hexz_tasks import codec
 from hexz_tasks.dataset import Dataset
+from hexz_tasks.examples import from_columns, to_columns
 from hexz_tasks.keys import Keys
 from hexz_tasks.progress import bar, timed
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
+from tests.synthetic import game_columns
 
 WINDOW = 1 << 20
 CHUNK = 1 << 16
 
 
-def make_games(n: int, seed: int) -> list[list[hexz_pb2.TrainingExample]]:
-    rng = np.random.default_rng(seed)
-    return [synthetic.game_examples(rng, runs=800) for _ in range(n)]
-
-
-def sizes(games: list[list[hexz_pb2.TrainingExample]], tmp: Path) -> dict[str, float]:
-    n = sum(map(len, games))
-    proto = sum(len(e.SerializeToString()) for g in games for e in g)
-    blobs = sum(len(codec.to_blob(codec.encode_examples(g, "bench"))) for g in games)
+def sizes(games: list[codec.Columns], tmp: Path) -> dict[str, float]:
+    n = sum(map(codec.num_rows, games))
+    examples = [e for g in games for e in from_columns(g)]
+    proto = sum(len(e.SerializeToString()) for e in examples)
+    blobs = sum(len(codec.to_blob(g)) for g in games)
     ds = Dataset(tmp / "sizes")
-    chunk = ds.append(codec.concat([codec.encode_examples(g, "b") for g in games]), None)
+    chunk = ds.append(codec.concat(games), None)
+    start = time.perf_counter()
+    to_columns(examples, "bench")
+    edge_s = time.perf_counter() - start
     return {
         "bytes_per_example": round(blobs / n, 1),
         "bytes_per_example_disk": round(chunk.path.stat().st_size / n, 1),
         "proto_bytes_per_example": round(proto / n, 1),
+        "edge_ingest_examples_per_s": round(n / edge_s, 1),
     }
 
 
 def _producer(
-    url: str, prefix: str, path: str, start_at: float, seconds: float, q: mp.Queue
+    url: str, prefix: str, path: str, seconds: float, q: mp.Queue, go: Any, start_at: Any
 ) -> None:
     import redis
 
-    games = [
-        list(hexz_pb2.AddTrainingExamplesRequest.FromString(b).examples)
-        for b in np.load(path, allow_pickle=False)["games"]
-    ]
+    games = [codec.from_blob(b) for b in np.load(path, allow_pickle=False)["games"]]
     store = ExampleStore(redis.Redis.from_url(url), Keys(prefix), max_pending=10**8)
     pid = os.getpid()
-    while time.time() < start_at:
+    q.put("ready")
+    go.wait()
+    while time.time() < start_at.value:
         time.sleep(0.001)
     added, i = 0, 0
     cpu0 = time.process_time()
-    while time.time() < start_at + seconds:
+    while time.time() < start_at.value + seconds:
         added += store.add_game(f"{pid}-{i}", games[i % len(games)])
         i += 1
     q.put((added, time.time(), time.process_time() - cpu0))
@@ -88,19 +94,21 @@ def ingest(url: str, games: list, seconds: float, tmp: Path) -> dict[str, float]
     import redis
 
     path = tmp / "games.npz"
-    blobs = [hexz_pb2.AddTrainingExamplesRequest(examples=g).SerializeToString() for g in games]
-    np.savez(path, games=np.array(blobs, dtype=bytes))
+    np.savez(path, games=np.array([codec.to_blob(g) for g in games], dtype=bytes))
     prefix = f"hexzbench-{uuid.uuid4().hex[:8]}"
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    start_at = time.time() + 3.0  # after the children imported everything
+    q, go, shared_start = ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
     procs = [
-        ctx.Process(target=_producer, args=(url, prefix, str(path), start_at, seconds, q))
+        ctx.Process(target=_producer, args=(url, prefix, str(path), seconds, q, go, shared_start))
         for _ in range(2)
     ]
     for p in procs:
         p.start()
-    with timed("ingest", start_at + seconds - time.time()):
+    for _ in procs:  # both have imported everything and loaded their games
+        assert q.get(timeout=300) == "ready"
+    start_at = shared_start.value = time.time() + 0.2  # both start together
+    go.set()
+    with timed("ingest", seconds + 0.2):
         results = [q.get(timeout=seconds + 120) for _ in procs]
     for p in procs:
         p.join(timeout=30)
@@ -121,23 +129,22 @@ def ingest(url: str, games: list, seconds: float, tmp: Path) -> dict[str, float]
     return {
         "ingest_examples_per_s": round(total / elapsed, 1),
         "ingest_examples": total,
-        # Producer CPU per stored example (encode + Redis call): machine load aside,
+        # Producer CPU per stored example (blob + Redis call): machine load aside,
         # one core stores 1e6 / this many examples per second.
         "ingest_producer_cpu_us_per_example": round(cpu_us, 1),
         "drain_examples_per_s": round(moved / drain_s, 1),
     }
 
 
-def synthetic_dataset(root: Path, games: list, n: int) -> Dataset:
+def synthetic_dataset(root: Path, games: list[codec.Columns], n: int) -> Dataset:
     """n examples on disk, fast: one chunk of tiled real-looking examples, copied."""
-    base = codec.concat([codec.encode_examples(g, "b") for g in games])
+    base = codec.concat(games)
     tiled = codec.concat([base] * -(-CHUNK // codec.num_rows(base)))
     cols = codec.take_rows(tiled, np.arange(CHUNK))
     ds = Dataset(root)
     first = ds.append(cols, "0-1")
     for seq in range(1, n // CHUNK):
-        name = f"chunk-{seq:08d}-{seq:08d}-{CHUNK}.npz"
-        shutil.copyfile(first.path, root / name)
+        shutil.copyfile(first.path, root / first.path.name.replace("00000000", f"{seq:08d}"))
     return ds
 
 
@@ -228,7 +235,7 @@ def main() -> None:
     out: dict = {"quick": args.quick}
     tmp = Path(tempfile.mkdtemp(prefix="hexz-bench-train-"))
     try:
-        games = make_games(8 if args.quick else 24, seed=0)
+        games = game_columns(8 if args.quick else 24, seed=0, runs=800)
         out.update(sizes(games, tmp))
         print(f"sizes: {out}", file=sys.stderr)
         ingest_s = 3.0 if args.quick else 10.0

@@ -8,8 +8,7 @@ import numpy.typing as npt
 
 BOARD_SHAPE: tuple[int, int, int]
 MASK_SHAPE: tuple[int, int, int]
-POLICY_SIZE: int
-STATS_FIELDS: tuple[str, ...]
+STATS_INTS: int
 
 Evaluate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -29,6 +28,7 @@ class Search:
         random_playouts: int = 0,
         end_game_when_stuck: bool = False,
         eval_cache: bool = True,
+        fpu_reference: bool = False,
     ) -> None: ...
     def start_move(self, budget: int, *, noise: bool = False, greedy: bool = False) -> None: ...
     def advance(self, boards: npt.NDArray[np.float32], masks: npt.NDArray[np.bool_]) -> bool: ...
@@ -74,6 +74,8 @@ class Search:
 class SelfPlay:
     n_games: int
     capacity: int
+    model_name: str | None
+    checkpoint: int
     def __init__(
         self,
         n_games: int,
@@ -84,6 +86,7 @@ class SelfPlay:
         runs_per_fast_move: int = 100,
         fast_move_prob: float = 0.0,
         max_moves_per_game: int = 200,
+        sampled_moves: int | None = None,
         resign_threshold: float | None = None,
         uct_c: float = 1.5,
         initial_root_q_value: float = -0.2,
@@ -92,10 +95,15 @@ class SelfPlay:
         random_playouts: int = 0,
         end_game_when_stuck: bool = False,
         eval_cache: bool = True,
+        fpu_reference: bool = False,
+        model_name: str | None = None,
+        checkpoint: int = 0,
     ) -> None: ...
     def prepare(self, boards: npt.NDArray[np.float32], masks: npt.NDArray[np.bool_]) -> int: ...
     def feed(self, priors: npt.ArrayLike, values: npt.ArrayLike) -> None: ...
-    def take_finished(self) -> list[dict[str, Any]]: ...
+    def take_finished(self) -> list[dict[str, Any]]:
+        """Finished games: index, result, score, num_moves, evaluations, cache_hits,
+        fast_moves, resigned and columns (hexz_tasks.codec.Columns)."""
     @property
     def games_started(self) -> int: ...
     @property

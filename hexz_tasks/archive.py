@@ -22,12 +22,14 @@ from google.protobuf.message import DecodeError
 
 from hexz_tasks import codec, hexz_pb2, progress
 from hexz_tasks.dataset import Dataset
-from hexz_tasks.examples import decode_array
+from hexz_tasks.examples import decode_array, from_columns, to_columns
+from hexz_tasks.files import atomic_write
 from hexz_tasks.keys import Keys
+from hexz_tasks.layout import WIRE_CELL_TYPE_FLAG, policy_index
 from hexz_tasks.redis_server import connect
 from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
-from hexz_tasks.store import ExampleStore, atomic_write
+from hexz_tasks.store import ExampleStore
 
 # Examples per store entry when importing (one Redis stream entry each).
 IMPORT_BATCH = 4096
@@ -72,7 +74,7 @@ def print_request(path: Path) -> int:
     print(f"  stats: {text_format.MessageToString(ex.stats, **one_line)}")
     if ex.model_predictions.priors:
         priors = decode_array(ex.model_predictions.priors, ex.encoding, "priors").reshape(-1)
-        idx = (0 if m.cell_type == hexz_pb2.Field.FLAG else 1) * 110 + m.row * 10 + m.col
+        idx = policy_index(0 if m.cell_type == WIRE_CELL_TYPE_FLAG else 1, m.row, m.col)
         print(f"  prior of the chosen move: {priors[idx]:.4f}")
         legal = priors
         if ex.action_mask:
@@ -100,7 +102,7 @@ def import_files(paths: Iterable[Path], store: ExampleStore) -> tuple[int, list[
             req = read_request(path)
             if not req.examples:
                 continue
-            cols = codec.encode_examples(req.examples, str(path))
+            cols = to_columns(req.examples, str(path))
         except (OSError, ValueError) as e:
             errors.append(str(e))
             continue
@@ -148,7 +150,7 @@ def export_to(
 
     def write(cols: codec.Columns) -> None:
         nonlocal total, files
-        req = hexz_pb2.AddTrainingExamplesRequest(examples=codec.to_examples(cols, encoding))
+        req = hexz_pb2.AddTrainingExamplesRequest(examples=from_columns(cols, encoding))
         write_request(out_dir / f"examples-{files:06d}.gz", req)
         files += 1
         total += codec.num_rows(cols)

@@ -4,17 +4,23 @@ Games ``2k`` and ``2k + 1`` start from the same random board (pair ``k``); A is 
 (moves first) in the even game and player 1 in the odd one. The pair is the unit of the
 match score's confidence interval, so the luck of the board cancels out.
 
-Players (:func:`parse_player`): a checkpoint number (from the model repository on disk,
+Players (hexz_tasks.players): a checkpoint number (from the model repository on disk,
 else the TorchScript bytes published in Redis), a TorchScript file, ``mcts`` (pure MCTS:
 uniform priors, one random playout per leaf, ``runs`` iterations per move; ``mcts:N``
-for N iterations) and ``random`` (uniformly random legal moves).
+for N iterations), ``uct:N`` / ``uct@MS`` (the game server's CPU player, plain UCT with
+random rollouts, shared/spec/uct-baseline.md: N iterations or MS milliseconds per move)
+and ``random`` (uniformly random legal moves).
 
 Every game of a match advances together: each step runs every game's search up to its
-next leaf, then evaluates the leaves of each neural player in one batch. Each move is a
-fresh search (no tree reuse) from the player to move, greedy PUCT descent without noise,
-like the CPU player; the move played is the most visited child, or with
-``temperature > 0`` a child drawn with probability proportional to
-``visits ** (1 / temperature)``. A match is deterministic for its seed.
+next leaf, then evaluates the leaves of each neural player in one batch, and plays the
+moves of the UCT players (a thread per core, the GIL released). Each move of a neural
+or ``mcts`` player is a fresh search (no tree reuse) from the player to move, greedy
+PUCT descent without noise, like the CPU player; the move played is the most visited
+child, or with ``temperature > 0`` a child drawn with probability proportional to
+``visits ** (1 / temperature)``. A UCT player plays its highest-Q child, as the spec
+says. A position with one legal move is played at once, without a search. A match is
+deterministic for its seed, except with ``uct@MS`` players (their iterations depend on
+the machine's speed).
 
 A game ends when neither player can move, when the player to move is stuck and behind
 (the result cannot change any more), or after ``max_moves_per_game`` moves.
@@ -23,14 +29,13 @@ A game ends when neither player can move, when the player to move is stuck and b
 from __future__ import annotations
 
 import json
-import math
-import re
+import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,54 +43,20 @@ import redis
 
 from hexz_tasks import progress
 from hexz_tasks._search import Search, game_seed
+from hexz_tasks._uct import UctSearch
 from hexz_tasks.engine import Board
+from hexz_tasks.intervals import paired_score
 from hexz_tasks.keys import Keys
-from hexz_tasks.model import BOARD_SHAPE, MASK_SHAPE, POLICY_SIZE
+from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE, POLICY_SIZE
+from hexz_tasks.players import PlayerSpec, parse_player
 from hexz_tasks.selfplay import search_kwargs
 from hexz_tasks.settings import Settings
 
-_MCTS = re.compile(r"^mcts(?::(\d+))?$")
 _UNIFORM = np.zeros(POLICY_SIZE, dtype=np.float32)  # all-zero probs = uniform priors
+_UCT_TURN = -1  # play_match's advance(): a UCT player is to move
 # Salts, so that boards, searches and random players draw from unrelated streams.
 _SEARCH_SALT = 0x5EA2C4
 _RANDOM_SALT = 0xD1CE
-
-
-@dataclass(frozen=True)
-class PlayerSpec:
-    """What a player argument names; `label` identifies the player in stored games."""
-
-    kind: str  # "checkpoint" | "file" | "mcts" | "random"
-    label: str
-    checkpoint: int | None = None
-    path: Path | None = None
-    iterations: int | None = None  # mcts only; None = the match's runs per move
-
-
-def parse_player(text: str, settings: Settings) -> PlayerSpec:
-    """Parses a player argument; ValueError naming the argument if it is none of the kinds."""
-    text = text.strip()
-    if text == "random":
-        return PlayerSpec("random", "random")
-    if m := _MCTS.match(text):
-        iterations = int(m[1]) if m[1] else None
-        if iterations is not None and iterations < 1:
-            raise ValueError(f"player {text!r}: mcts iterations must be positive")
-        return PlayerSpec("mcts", text, iterations=iterations)
-    if text.isdigit():
-        n = int(text)
-        return PlayerSpec("checkpoint", checkpoint_label(settings.model_name, n), checkpoint=n)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return PlayerSpec("file", f"file:{path.resolve()}", path=path)
-    raise ValueError(
-        f"player {text!r} is not a checkpoint number, an existing TorchScript file, "
-        "'mcts', 'mcts:N' or 'random'"
-    )
-
-
-def checkpoint_label(model_name: str, checkpoint: int) -> str:
-    return f"{model_name}:{checkpoint}"
 
 
 def load_checkpoint_bytes(
@@ -135,7 +106,7 @@ def load_player(
     r: redis.Redis | None = None,
     keys: Keys | None = None,
 ) -> Player:
-    if spec.kind in ("mcts", "random"):
+    if spec.kind in ("mcts", "uct", "random"):
         return Player(spec)
     from hexz_tasks.inference import Evaluator
 
@@ -148,40 +119,6 @@ def load_player(
 
 
 # ------------------------------------------------------------------ match scores
-
-
-def _t_quantile_975(df: int) -> float:
-    """The 97.5 % quantile of Student's t with `df` degrees of freedom.
-
-    Tabulated for df <= 4, a Cornish-Fisher expansion (error < 1e-3) above.
-    """
-    if df <= 4:
-        return (12.706204736, 4.302652730, 3.182446305, 2.776445105)[df - 1]
-    z = 1.959963985
-    z3, z5, z7, z9 = z**3, z**5, z**7, z**9
-    return (
-        z
-        + (z3 + z) / (4 * df)
-        + (5 * z5 + 16 * z3 + 3 * z) / (96 * df**2)
-        + (3 * z7 + 19 * z5 + 17 * z3 - 15 * z) / (384 * df**3)
-        + (79 * z9 + 776 * z7 + 1482 * z5 - 1920 * z3 - 945 * z) / (92160 * df**4)
-    )
-
-
-def paired_score(pair_scores: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): A's mean score over pairs with a 95 % t interval, clipped to [0, 1].
-
-    Each entry is A's mean points over one board's two games (seats swapped), so the
-    pairs are independent and the board's own bias cancels within each.
-    """
-    x = np.asarray(pair_scores, dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("no pairs to score")
-    mean = float(x.mean())
-    if x.size == 1:
-        return mean, 0.0, 1.0
-    half = _t_quantile_975(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
 def points(result: int) -> float:
@@ -197,6 +134,18 @@ class MatchResult:
     runs: int
     seed: int
     games: list[dict[str, Any]] = field(default_factory=list)
+    # Per player (A, B): CPU seconds spent on its searched moves, and their number
+    # (moves played at once, forced or random, cost nothing and are not counted).
+    cpu_s: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    searched_moves: list[int] = field(default_factory=lambda: [0, 0])
+
+    def cpu_ms_per_move(self) -> list[float | None]:
+        """Each player's CPU milliseconds per searched move: its searches and network
+        batches, and for UCT players the search thread's time."""
+        return [
+            1000.0 * s / n if n else None
+            for s, n in zip(self.cpu_s, self.searched_moves, strict=True)
+        ]
 
     def pair_scores(self) -> list[float]:
         by_pair: dict[int, list[float]] = {}
@@ -221,6 +170,7 @@ class MatchResult:
             "a_losses": sum(p == 0.0 for p in pts),
             "score": score,
             "ci": [low, high],
+            "cpu_ms_per_move": [None if x is None else round(x, 2) for x in self.cpu_ms_per_move()],
             "finished": time.time(),
         }
 
@@ -286,11 +236,14 @@ def play_match(
     temperature: float | None = None,
     match_id: str | None = None,
     on_game: Callable[[dict[str, Any]], None] | None = None,
+    uct_threads: int | None = None,
 ) -> MatchResult:
     """Plays `games` games (an even number: pairs of seats) of A against B.
 
     `runs` is the search budget per move of neural players and the default iterations
     of an ``mcts`` player. `on_game(record)` is called as each game finishes (to store it).
+    UCT players' moves run on `uct_threads` threads (default: inference_threads, else
+    one per core of this process).
     """
     if games < 2 or games % 2:
         raise ValueError(
@@ -343,17 +296,22 @@ def play_match(
 
     def advance(g: _Game) -> int | None:
         """Runs game g until a neural player's leaf needs the network (returns that
-        player's index, the leaf written to row g.index) or the game ends (None)."""
+        player's index, the leaf written to row g.index), a UCT player is to move
+        (returns _UCT_TURN) or the game ends (None)."""
         while True:
             if g.search is None:
                 if not g.next_mover(max_moves):
                     finish(g)
                     return None
                 who = g.seats[g.to_move]
-                if players[who].spec.kind == "random" or g.board.num_legal_moves(g.to_move) == 1:
+                kind = players[who].spec.kind
+                if kind == "random" or g.board.num_legal_moves(g.to_move) == 1:
                     moves = g.board.legal_moves(g.to_move)
                     g.play(moves[int(g.rng.integers(len(moves)))])
                     continue
+                result.searched_moves[who] += 1
+                if kind == "uct":
+                    return _UCT_TURN
                 g.search = Search(
                     g.board, g.to_move, game_seed(g.search_seed, g.moves), **search_kw[who]
                 )
@@ -369,22 +327,45 @@ def play_match(
             child = _choose(children, temperature, g, g.search.most_visited_child())
             g.play(tuple(int(x) for x in children["moves"][child]))  # type: ignore[arg-type]
 
+    def uct_move(g: _Game) -> tuple[tuple[int, int, int, int], float]:
+        """The UCT player's move in game g, and the thread's CPU seconds for it."""
+        start = time.thread_time()
+        spec = players[g.seats[g.to_move]].spec
+        uct = UctSearch(game_seed(g.search_seed, g.moves))
+        uct.search(g.board, g.to_move, spec.iterations or 0, spec.think_ms or 0)
+        return uct.best_move(), time.thread_time() - start
+
+    searchers = [w for w, p in enumerate(players) if p.spec.kind not in ("uct", "random")]
+
     active = [_Game(i, seed, (0, 1) if i % 2 == 0 else (1, 0)) for i in range(games)]
-    while active:
-        waiting: tuple[list[_Game], list[_Game]] = ([], [])
-        for g in active:
-            who = advance(g)
-            if who is not None:
-                waiting[who].append(g)
-        for who, batch in enumerate(waiting):
-            if not batch:
-                continue
-            rows = [g.index for g in batch]
-            priors, values = players[who].evaluator(boards[who][rows], masks[who][rows])
-            for k, g in enumerate(batch):
-                assert g.search is not None
-                g.search.feed(priors[k], float(values[k]))
-        active = waiting[0] + waiting[1]
+    threads = uct_threads or settings.inference_threads or len(os.sched_getaffinity(0))
+    with ThreadPoolExecutor(threads, thread_name_prefix="hexz-uct") as pool:
+        while active:
+            waiting: tuple[list[_Game], list[_Game]] = ([], [])
+            uct_turns: list[_Game] = []
+            start = time.process_time()
+            for g in active:
+                who = advance(g)
+                if who == _UCT_TURN:
+                    uct_turns.append(g)
+                elif who is not None:
+                    waiting[who].append(g)
+            for w in searchers:  # their searches' share of the loop
+                result.cpu_s[w] += (time.process_time() - start) / len(searchers)
+            for g, (move, cpu) in zip(uct_turns, pool.map(uct_move, uct_turns), strict=True):
+                result.cpu_s[g.seats[g.to_move]] += cpu
+                g.play(move)
+            for who, batch in enumerate(waiting):
+                if not batch:
+                    continue
+                rows = [g.index for g in batch]
+                start = time.process_time()
+                priors, values = players[who].evaluator(boards[who][rows], masks[who][rows])
+                result.cpu_s[who] += time.process_time() - start
+                for k, g in enumerate(batch):
+                    assert g.search is not None
+                    g.search.feed(priors[k], float(values[k]))
+            active = waiting[0] + waiting[1] + uct_turns
     result.games.sort(key=lambda r: r["game"])
     return result
 
@@ -428,7 +409,7 @@ def run_match(
     """Parses and loads both players, plays the match, stores every game as it finishes
     and the summary at the end (when `r` is given); returns the summary. `on_game(record)`
     is called after each game is stored."""
-    players = [load_player(parse_player(p, settings), settings, r, keys) for p in (a, b)]
+    players = [load_player(parse_player(p, settings.model_name), settings, r, keys) for p in (a, b)]
     if settings.inference_threads > 0:
         import torch
 
@@ -473,7 +454,7 @@ def _reachable_redis(settings: Settings) -> redis.Redis | None:
 def run_arena_cli(a: str, b: str, games: int, runs: int, seed: int, settings: Settings) -> int:
     """`hexz arena`: plays the match, prints its score, stores the games in Redis if reachable."""
     keys = Keys(settings.key_prefix)
-    specs = [parse_player(p, settings) for p in (a, b)]  # fail fast on a bad argument
+    specs = [parse_player(p, settings.model_name) for p in (a, b)]  # fail fast on a bad argument
     if games < 2 or games % 2:
         raise ValueError(f"--games must be a positive even number, got {games}")
     if runs < 1:

@@ -20,6 +20,7 @@ from celery import Task
 from hexz_tasks.celery import app, redis_client
 from hexz_tasks.celery import keys as app_keys
 from hexz_tasks.celery import settings as app_settings
+from hexz_tasks.errors import ModelError
 from hexz_tasks.tasks import MAX_SEED, HexzTask, _reject
 
 ARENA_TASK = "hexz_tasks.arena_tasks.match"
@@ -45,7 +46,7 @@ def match(self: Task, a: str, b: str, games: int, runs: int, seed: int) -> dict[
             a, b, games, runs, seed, app_settings, redis_client(), app_keys,
             match_id=self.request.id,
         )  # fmt: skip
-    except ValueError as e:  # a bad player argument: retrying cannot help
+    except (ValueError, ModelError) as e:  # a bad player or model: retrying cannot help
         _reject(self, str(e))
         raise
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hexz_tasks.errors import ModelError
 from hexz_tasks.settings import Settings, SettingsError
 
 
@@ -46,10 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, default=50051, help="gRPC port, 0 = off")
 
     arena = sub.add_parser("arena", help="play player A against player B")
-    arena.add_argument("a", help="checkpoint number, TorchScript file, 'mcts' or 'random'")
-    arena.add_argument("b", help="checkpoint number, TorchScript file, 'mcts' or 'random'")
+    who = "checkpoint number, TorchScript file, 'mcts[:N]', 'uct:N', 'uct@MS' or 'random'"
+    arena.add_argument("a", help=who)
+    arena.add_argument("b", help=who)
     arena.add_argument("--games", type=int, default=20, help="games (pairs of seats x 2)")
-    arena.add_argument("--runs", type=int, default=100, help="runs (or playouts) per move")
+    arena.add_argument(
+        "--runs", type=int, default=100, help="runs per move of networks (and of bare 'mcts')"
+    )
     arena.add_argument("--seed", type=int, default=0)
     sub.add_parser("ratings", help="print the rating curve over checkpoints")
     return p
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _dispatch(args, settings) or 0
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
+    except (ValueError, ModelError, FileNotFoundError, ConnectionError) as e:
         print(f"hexz {args.command}: {e}", file=sys.stderr)
         return 1
 

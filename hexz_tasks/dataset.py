@@ -1,11 +1,13 @@
 """The trainer's on-disk example dataset: append-only chunk files of compact columns.
 
-Layout: ``<model dir>/examples-store/chunk-<first>-<last>-<count>.npz``, where first..last
-is the range of sequence numbers the chunk covers (a drain writes [s, s]; compaction
-merges small neighbours into [a, b] and then deletes them, and a listing ignores any
-chunk covered by a wider one, so a crash in between doubles nothing). Each .npz holds the
-codec columns plus ``meta`` (JSON bytes: last stream id, timestamp); no pickle. Every
-file is written to a temporary name, fsynced and renamed.
+Layout: ``<model dir>/examples-store/chunk-<first>-<last>-<count>.v<version>.npz``, where
+first..last is the range of sequence numbers the chunk covers (a drain writes [s, s];
+compaction merges small neighbours into [a, b] and then deletes them, and a listing
+ignores any chunk covered by a wider one, so a crash in between doubles nothing) and
+version the format of its columns (hexz_tasks.codec; a name without one is format 1).
+Each .npz holds the codec columns plus ``meta`` (JSON bytes: last stream id, timestamp);
+no pickle. Every file is written to a temporary name, fsynced and renamed. Reading a
+chunk of an unknown format version fails with a message saying so.
 
 :meth:`Dataset.window` loads the newest W examples (training columns only) into a
 :class:`Window`, whose :meth:`Window.batch` decodes a batch of rows with NumPy only.
@@ -15,9 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,9 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from hexz_tasks import codec
-from hexz_tasks.store import atomic_write, fsync_dir, utc_timestamp
+from hexz_tasks.codec import Batch
+from hexz_tasks.files import atomic_write, fsync_dir, temp_path, utc_timestamp, write_synced
+from hexz_tasks.layout import CELLS, GRASS_BYTES, MASK_BYTES, MASK_SHAPE, POLICY_SIZE
 
-_CHUNK_RE = re.compile(r"^chunk-(\d{8})-(\d{8})-(\d+)\.npz$")
+__all__ = ["Batch", "Chunk", "Dataset", "Window"]
+
+_CHUNK_RE = re.compile(r"^chunk-(\d{8})-(\d{8})-(\d+)(?:\.v(\d+))?\.npz$")
 
 
 @dataclass(frozen=True)
@@ -37,18 +46,12 @@ class Chunk:
     last: int
     count: int
     path: Path
+    version: int = codec.FORMAT_VERSION
 
     def meta(self) -> dict:
+        codec.check_version(self.version, f"example chunk {self.path}")
         with np.load(self.path, allow_pickle=False) as z:
             return json.loads(z["meta"].tobytes().decode())
-
-
-@dataclass
-class Batch:
-    boards: np.ndarray  # (B, 11, 11, 10) float32
-    masks: np.ndarray  # (B, 2, 11, 10) bool
-    move_probs: np.ndarray  # (B, 220) float32
-    results: np.ndarray  # (B,) float32
 
 
 class _Part:
@@ -61,13 +64,14 @@ class _Part:
         self.mask = cols["mask"]
         self.counts = cols["counts"]
         self.result = cols["result"]
+        self.root_q = cols["root_q"]
         n = len(self.result)
         self.offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(codec.mask_popcount(self.mask), out=self.offsets[1:])
-        # Rows whose move_probs are not count fractions keep their float32 vectors.
-        self.exc_index = np.full(n, -1, dtype=np.int32)
-        self.exc_index[cols["probs_exc_rows"]] = np.arange(len(cols["probs_exc_rows"]))
-        self.exc_probs = cols["probs_exc"]
+        # Rows whose policy targets are kept as floats: their index into probs.
+        self.float_index = np.full(n, -1, dtype=np.int32)
+        self.float_index[cols["probs_rows"]] = np.arange(len(cols["probs_rows"]))
+        self.float_probs = cols["probs"]
 
     def __len__(self) -> int:
         return len(self.result)
@@ -78,11 +82,12 @@ class _Part:
         lens = self.offsets[idx + 1] - starts
         # Positions of the selected rows' ragged entries, in row order.
         shift = np.repeat(starts - (np.cumsum(lens) - lens), lens)
-        dense = np.zeros((len(idx), codec.POLICY), dtype=np.uint16)
-        dense[masks] = self.counts[shift + np.arange(shift.size)]
-        exc = self.exc_index[idx]
-        rows = np.flatnonzero(exc >= 0)
-        return codec.decode_move_probs(dense, rows, self.exc_probs[exc[rows]])
+        dense = codec.dense_by_mask(
+            self.counts[shift + np.arange(shift.size)], masks, self.counts.dtype
+        )
+        floats = self.float_index[idx]
+        rows = np.flatnonzero(floats >= 0)
+        return codec.move_probs(dense, rows, self.float_probs[floats[rows]])
 
 
 class Window:
@@ -99,16 +104,17 @@ class Window:
     def batch(self, idx: np.ndarray) -> Batch:
         """Decodes rows `idx` (any order, repeats allowed)."""
         b = len(idx)
-        cells = np.empty((b, 2, codec.CELLS), np.uint8)
-        grass = np.empty((b, self.parts[0].grass.shape[1]), np.uint8)
+        cells = np.empty((b, 2, CELLS), np.uint8)
+        grass = np.empty((b, GRASS_BYTES), np.uint8)
         flags_left = np.empty((b, 2), np.uint8)
-        packed = np.empty((b, codec.MASK_BYTES), np.uint8)
+        packed = np.empty((b, MASK_BYTES), np.uint8)
         results = np.empty(b, np.float32)
-        probs = np.empty((b, codec.POLICY), np.float32)
+        root_q = np.empty(b, np.float32)
+        probs = np.empty((b, POLICY_SIZE), np.float32)
         part_of = np.searchsorted(self.starts, idx, side="right") - 1
         order = np.argsort(part_of, kind="stable")
         bounds = np.searchsorted(part_of[order], np.arange(len(self.parts) + 1))
-        masks = np.empty((b, codec.POLICY), bool)
+        masks = np.empty((b, POLICY_SIZE), bool)
         for k, part in enumerate(self.parts):
             sel = order[bounds[k] : bounds[k + 1]]
             if not len(sel):
@@ -119,25 +125,11 @@ class Window:
             flags_left[sel] = part.flags_left[local]
             packed[sel] = part.mask[local]
             results[sel] = part.result[local]
+            root_q[sel] = part.root_q[local]
             masks[sel] = codec.unpack_masks(packed[sel]).reshape(len(sel), -1)
             probs[sel] = part.move_probs(local, masks[sel])
         boards = codec.decode_boards(cells, grass, flags_left)
-        return Batch(boards, masks.reshape(b, *codec.MASK_SHAPE), probs, results)
-
-
-def _tail(cols: codec.Columns, start: int) -> codec.Columns:
-    """Rows start.. of training columns."""
-    if start == 0:
-        return cols
-    skip = int(codec.mask_popcount(cols["mask"][:start]).sum())
-    out = {
-        k: cols[k][start:] for k in ("board_cells", "board_grass", "flags_left", "mask", "result")
-    }
-    out["counts"] = cols["counts"][skip:]
-    keep = cols["probs_exc_rows"] >= start
-    out["probs_exc_rows"] = cols["probs_exc_rows"][keep] - start
-    out["probs_exc"] = cols["probs_exc"][keep]
-    return out
+        return Batch(boards, masks.reshape(b, *MASK_SHAPE), probs, results, root_q)
 
 
 class Dataset:
@@ -165,8 +157,9 @@ class Dataset:
         for name in os.listdir(self.root):
             m = _CHUNK_RE.match(name)
             if m:
-                first, last, count = (int(g) for g in m.groups())
-                found.append(Chunk(first, last, count, self.root / name))
+                first, last, count = (int(g) for g in m.groups()[:3])
+                version = int(m[4]) if m[4] else 1
+                found.append(Chunk(first, last, count, self.root / name, version))
         found.sort(key=lambda c: (c.first, -c.last))
         live: list[Chunk] = []
         for c in found:
@@ -195,24 +188,32 @@ class Dataset:
         self, first: int, last: int, cols: codec.Columns, stream_id: str | None, ts: str
     ) -> Chunk:
         n = codec.num_rows(cols)
-        path = self.root / f"chunk-{first:08d}-{last:08d}-{n}.npz"
-        meta = json.dumps({"last_stream_id": stream_id, "timestamp": ts}).encode()
-        tmp = self.root / f".tmp-{path.name}-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, meta=np.frombuffer(meta, dtype=np.uint8), **cols)
-            f.flush()
-            os.fsync(f.fileno())
+        version = codec.FORMAT_VERSION
+        path = self.root / f"chunk-{first:08d}-{last:08d}-{n}.v{version}.npz"
+        meta = json.dumps({"last_stream_id": stream_id, "timestamp": ts, "format": version})
+        buf = io.BytesIO()
+        np.savez_compressed(buf, meta=np.frombuffer(meta.encode(), dtype=np.uint8), **cols)
+        tmp = temp_path(path)
+        write_synced(tmp, buf.getvalue())
         os.replace(tmp, path)
         fsync_dir(self.root)
-        return Chunk(first, last, n, path)
+        return Chunk(first, last, n, path, version)
 
     def read_chunk(self, chunk: Chunk, columns: tuple[str, ...] | None = None) -> codec.Columns:
+        """The chunk's columns (all, or the named ones) in the current format, whatever
+        format it was written in; FormatError for a corrupt chunk or an unknown format."""
+        what = f"example chunk {chunk.path}"
+        codec.check_version(chunk.version, what)
         try:
             with np.load(chunk.path, allow_pickle=False) as z:
-                names = columns or tuple(k for k in z.files if k != "meta")
-                return {k: z[k] for k in names}
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"corrupt example chunk {chunk.path}: {e}") from e
+                if columns is None:
+                    names = [k for k in z.files if k != "meta"]
+                else:
+                    names = codec.stored_names(chunk.version, columns)
+                cols = {k: z[k] for k in names}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise codec.FormatError(f"corrupt {what}: {e}") from e
+        return codec.upgrade(cols, chunk.version, what, complete=columns is None)
 
     # --- archives (written once per chunk, see store.write_pending_archives) ---
     def _archived_upto(self) -> int:
@@ -275,7 +276,10 @@ class Dataset:
 
         def load(item: tuple[Chunk, int]) -> _Part:
             chunk, start = item
-            return _Part(_tail(self.read_chunk(chunk, codec.CORE_COLUMNS), start))
+            cols = self.read_chunk(chunk, codec.TRAINING_COLUMNS)
+            if start:
+                cols = codec.take_rows(cols, np.arange(start, codec.num_rows(cols)))
+            return _Part(cols)
 
         with ThreadPoolExecutor(threads) as pool:
             return Window(list(pool.map(load, picked)))

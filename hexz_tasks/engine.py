@@ -3,16 +3,33 @@
 The board itself is C++ (workers/engine/board.cc) behind a Cython wrapper; this module
 is its public face and adds the decoder for boards that arrive from the game server.
 
-Layout constants are shared with workers/engine/board.h: keep in sync.
+The layout constants are hexz_tasks.layout's (re-exported here).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from hexz_tasks import hexz_pb2
 from hexz_tasks._engine import Board, random_games, random_playouts
+from hexz_tasks.layout import (
+    CH_BLOCKED,
+    CH_FLAG,
+    CH_FLAGS_LEFT,
+    CH_GRASS,
+    CH_NEXT,
+    CH_VALUE,
+    CHANNELS,
+    COLS,
+    INITIAL_FLAGS,
+    PLAYER_CHANNELS,
+    POLICY_SIZE,
+    ROWS,
+    VALID_CELLS,
+)
 
 __all__ = [
     "CHANNELS",
@@ -25,19 +42,11 @@ __all__ = [
     "format_board",
     "print_random_game",
     "random_games",
+    "random_moves",
     "random_playouts",
+    "random_position",
 ]
 
-ROWS = 11
-COLS = 10
-CHANNELS = 11
-POLICY_SIZE = 2 * ROWS * COLS
-NUM_VALID_CELLS = 105
-INITIAL_FLAGS = 3
-
-# Tensor channels of player p's block are p * 5 + these; grass is shared.
-CH_FLAG, CH_VALUE, CH_BLOCKED, CH_NEXT, CH_FLAGS_LEFT = range(5)
-CH_GRASS = 10
 
 _CellType = hexz_pb2.Field.CellType
 _FLAG_TYPE = _CellType.Value("FLAG")  # also the index of flags in ResourceInfo.num_pieces
@@ -69,9 +78,9 @@ def decode_proto(data: bytes) -> tuple[np.ndarray, int]:
     board = state.flagz.board
     if board.turn not in (1, 2):
         raise ValueError(f"board.turn must be 1 or 2, got {board.turn}")
-    if len(board.flat_fields) != NUM_VALID_CELLS:
+    if len(board.flat_fields) != VALID_CELLS:
         raise ValueError(
-            f"board.flat_fields must hold {NUM_VALID_CELLS} cells, got {len(board.flat_fields)}"
+            f"board.flat_fields must hold {VALID_CELLS} cells, got {len(board.flat_fields)}"
         )
     if len(board.resources) != 2:
         raise ValueError(f"board.resources must have 2 entries, got {len(board.resources)}")
@@ -85,7 +94,7 @@ def decode_proto(data: bytes) -> tuple[np.ndarray, int]:
         flags = res.num_pieces[_FLAG_TYPE]
         if not 0 <= flags <= INITIAL_FLAGS:
             raise ValueError(f"player {p + 1} has {flags} flags left, expected 0..3")
-        t[5 * p + CH_FLAGS_LEFT] = flags
+        t[PLAYER_CHANNELS * p + CH_FLAGS_LEFT] = flags
     for (r, c), f in zip(_VALID_CELLS, board.flat_fields, strict=True):
         where = f"cell ({r}, {c})"
         if f.type == _CellType.Value("NORMAL") and f.value == 0:
@@ -94,22 +103,23 @@ def decode_proto(data: bytes) -> tuple[np.ndarray, int]:
                 if nv > 0:
                     if nv > 5:
                         raise ValueError(f"{where}: next_val[{p}] = {nv}, expected at most 5")
-                    t[5 * p + CH_NEXT, r, c] = nv
+                    t[PLAYER_CHANNELS * p + CH_NEXT, r, c] = nv
                 if f.blocked >> p & 1:
-                    t[5 * p + CH_BLOCKED, r, c] = 1
+                    t[PLAYER_CHANNELS * p + CH_BLOCKED, r, c] = 1
             continue
-        t[CH_BLOCKED, r, c] = t[5 + CH_BLOCKED, r, c] = 1  # every piece blocks both players
+        # Every piece blocks both players.
+        t[CH_BLOCKED, r, c] = t[PLAYER_CHANNELS + CH_BLOCKED, r, c] = 1
         if f.type == _CellType.Value("NORMAL") or f.type == _CellType.Value("FLAG"):
             if f.owner not in (1, 2):
                 kind = "FLAG" if f.type == _FLAG_TYPE else "NORMAL"
                 raise ValueError(f"{where}: {kind} owner must be 1 or 2, got {f.owner}")
             p = f.owner - 1
             if f.type == _FLAG_TYPE:
-                t[5 * p + CH_FLAG, r, c] = 1
+                t[PLAYER_CHANNELS * p + CH_FLAG, r, c] = 1
             elif not 0 < f.value <= 5:
                 raise ValueError(f"{where}: NORMAL value must be 0..5, got {f.value}")
             else:
-                t[5 * p + CH_VALUE, r, c] = f.value
+                t[PLAYER_CHANNELS * p + CH_VALUE, r, c] = f.value
         elif f.type == _CellType.Value("GRASS"):
             if not 0 < f.value <= 5:
                 raise ValueError(f"{where}: GRASS value must be 1..5, got {f.value}")
@@ -117,7 +127,7 @@ def decode_proto(data: bytes) -> tuple[np.ndarray, int]:
         elif f.type != _CellType.Value("ROCK"):
             raise ValueError(f"{where}: cell type {f.type} is not allowed in Flagz")
     t[CH_BLOCKED][_INVALID] = 1
-    t[5 + CH_BLOCKED][_INVALID] = 1
+    t[PLAYER_CHANNELS + CH_BLOCKED][_INVALID] = 1
     return t, board.turn - 1
 
 
@@ -133,27 +143,29 @@ def encode_proto(board: Board, player: int, move_number: int = 0) -> hexz_pb2.Ga
     b.turn, b.move, b.state = player + 1, move_number, hexz_pb2.Board.RUNNING
     for p in range(2):
         counts = [0] * (_FLAG_TYPE + 1)
-        counts[_FLAG_TYPE] = int(t[5 * p + CH_FLAGS_LEFT, 0, 0])
+        counts[_FLAG_TYPE] = int(t[PLAYER_CHANNELS * p + CH_FLAGS_LEFT, 0, 0])
         b.resources.add().num_pieces.extend(counts)
     for r, c in _VALID_CELLS:
         f = b.flat_fields.add()
         if t[CH_GRASS, r, c]:
             f.type, f.value = _CellType.Value("GRASS"), int(t[CH_GRASS, r, c])
-        elif t[CH_FLAG, r, c] or t[5 + CH_FLAG, r, c]:
+        elif t[CH_FLAG, r, c] or t[PLAYER_CHANNELS + CH_FLAG, r, c]:
             f.type, f.owner = _FLAG_TYPE, 1 if t[CH_FLAG, r, c] else 2
-        elif t[CH_VALUE, r, c] or t[5 + CH_VALUE, r, c]:
+        elif t[CH_VALUE, r, c] or t[PLAYER_CHANNELS + CH_VALUE, r, c]:
             f.type, f.owner = _CellType.Value("NORMAL"), 1 if t[CH_VALUE, r, c] else 2
-            f.value = int(t[CH_VALUE, r, c] + t[5 + CH_VALUE, r, c])
+            f.value = int(t[CH_VALUE, r, c] + t[PLAYER_CHANNELS + CH_VALUE, r, c])
         elif (
             t[CH_BLOCKED, r, c]
-            and t[5 + CH_BLOCKED, r, c]
-            and not (t[CH_NEXT, r, c] or t[5 + CH_NEXT, r, c])
+            and t[PLAYER_CHANNELS + CH_BLOCKED, r, c]
+            and not (t[CH_NEXT, r, c] or t[PLAYER_CHANNELS + CH_NEXT, r, c])
         ):
             f.type = _CellType.Value("ROCK")
         else:
             f.type = _CellType.Value("NORMAL")
-            f.blocked = int(t[CH_BLOCKED, r, c] > 0) | int(t[5 + CH_BLOCKED, r, c] > 0) << 1
-            f.next_val.extend([int(t[CH_NEXT, r, c]), int(t[5 + CH_NEXT, r, c])])
+            f.blocked = int(t[CH_BLOCKED, r, c] > 0) | (
+                int(t[PLAYER_CHANNELS + CH_BLOCKED, r, c] > 0) << 1
+            )
+            f.next_val.extend([int(t[CH_NEXT, r, c]), int(t[PLAYER_CHANNELS + CH_NEXT, r, c])])
     return state
 
 
@@ -187,6 +199,37 @@ def format_board(board: Board) -> str:
     return "\n".join(lines)
 
 
+def random_moves(
+    board: Board, rng: np.random.Generator, player: int = 0, max_moves: int | None = None
+) -> Iterator[tuple[int, tuple[int, int, int, int]]]:
+    """Plays uniformly random legal moves on `board` (changed in place), `player` first,
+    until the game ends or after `max_moves`; yields (player, move) after each move. A
+    player without a legal move passes."""
+    n = 0
+    while max_moves is None or n < max_moves:
+        if not board.has_legal_move(player):
+            player = 1 - player
+            if not board.has_legal_move(player):
+                return
+        moves = board.legal_moves(player)
+        move = moves[int(rng.integers(len(moves)))]
+        board.make_move(player, move)
+        yield player, move
+        player = 1 - player
+        n += 1
+
+
+def random_position(rng: np.random.Generator, max_moves: int) -> tuple[Board, int]:
+    """A fresh random board after up to `max_moves` random moves, and the player to move
+    (one with a legal move, unless the game is over)."""
+    board, player = Board.random(int(rng.integers(2**62))), 0
+    for last, _ in random_moves(board, rng, 0, max_moves):
+        player = 1 - last
+    if not board.has_legal_move(player):
+        player = 1 - player
+    return board, player
+
+
 def print_random_game(seed: int | None = None) -> int:
     """Plays one game of uniformly random moves from a fresh random board and prints
     each move, the board after it and the final score (for ``hexz play``)."""
@@ -195,22 +238,11 @@ def print_random_game(seed: int | None = None) -> int:
     print("F/f flag of player 0/1, 1-5 player 0's pieces, a-e player 1's (a = 1),")
     print("* grass, # rock (or a free cell blocked for both), . free")
     print(format_board(board))
-    player, n = 0, 0
-    while True:
-        moves = board.legal_moves(player)
-        if not moves:
-            player = 1 - player
-            moves = board.legal_moves(player)
-            if not moves:
-                break
-        move = moves[int(rng.integers(len(moves)))]
-        board.make_move(player, move)
-        n += 1
-        typ, r, c, value = move
+    n = 0
+    for n, (player, (typ, r, c, value)) in enumerate(random_moves(board, rng), 1):
         what = "flag" if typ == 0 else f"piece {value}"
         print(f"\nmove {n}: player {player} places a {what} at ({r}, {c})")
         print(format_board(board))
-        player = 1 - player
     s0, s1 = board.score()
     outcome = {1: "player 0 wins", -1: "player 1 wins", 0: "a tie"}[board.result()]
     print(f"\ngame over after {n} moves: score {s0}:{s1}, {outcome}")

@@ -5,9 +5,10 @@ amount of work:
 1. records the offline metrics of every checkpoint that lacks them (a forward pass over
    the held-out set: well under a second each for small models);
 2. plays at most one match: for the newest checkpoint N with an unplayed match, N
-   against 0, against pure MCTS at the same runs per move, against the newest earlier
-   evaluated checkpoint, and (with promotion gating) against the checkpoint self-play
-   uses now (:func:`planned_matches`). Matches have
+   against 0, against each baseline of ``arena_baselines`` (pure MCTS at the same runs
+   per move, ``uct:N``, ...), against the newest earlier evaluated checkpoint, and
+   (with promotion gating) against the checkpoint self-play uses now
+   (:func:`planned_matches`). Matches have
    deterministic ids, so a redelivered tick never plays one twice, and each is claimed
    in Redis while it runs, so two workers never play the same one;
 3. after either, rewrites the TensorBoard snapshot (hexz_tasks.tensorboard_events).
@@ -47,7 +48,6 @@ HELDOUT_SEED = 20240601
 HELDOUT_NAME = f"heldout-mcts{HELDOUT_RUNS}-{HELDOUT_GAMES}g-{HELDOUT_SEED}.npz"
 # Offline metrics recorded per tick at most (each is one pass over the held-out set).
 METRICS_PER_TICK = 8
-MCTS_OPPONENT = "mcts"
 
 
 # ------------------------------------------------------------------ held-out set
@@ -57,26 +57,29 @@ def make_heldout(
     games: int = HELDOUT_GAMES, runs: int = HELDOUT_RUNS, seed: int = HELDOUT_SEED
 ) -> dict[str, np.ndarray]:
     """Positions of pure-MCTS self-play games: boards, masks, move_probs, results."""
+    from hexz_tasks import codec
     from hexz_tasks._search import SelfPlay
+    from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE, POLICY_SIZE
 
-    driver = SelfPlay(games, games, seed, runs_per_move=runs, random_playouts=1)
-    boards = np.zeros((driver.capacity, 11, 11, 10), dtype=np.float32)
-    masks = np.zeros((driver.capacity, 2, 11, 10), dtype=bool)
-    parts: dict[int, dict[str, Any]] = {}
+    # The reference's first-play urgency keeps the set what it always was.
+    driver = SelfPlay(games, games, seed, runs_per_move=runs, random_playouts=1, fpu_reference=True)
+    boards = np.zeros((driver.capacity, *BOARD_SHAPE), dtype=np.float32)
+    masks = np.zeros((driver.capacity, *MASK_SHAPE), dtype=bool)
+    parts: dict[int, codec.Columns] = {}
     while True:
         n = driver.prepare(boards, masks)
         for g in driver.take_finished():
-            parts[g["index"]] = g
+            parts[g["index"]] = g["columns"]
         if n == 0:
             break
         # Uniform priors (all zero); the random playout replaces the value.
-        driver.feed(np.zeros((n, 220), dtype=np.float32), np.zeros(n, dtype=np.float32))
-    ordered = [parts[i] for i in sorted(parts)]
+        driver.feed(np.zeros((n, POLICY_SIZE), np.float32), np.zeros(n, np.float32))
+    batch = codec.decode(codec.concat([parts[i] for i in sorted(parts)]))
     return {
-        "boards": np.concatenate([g["boards"] for g in ordered]),
-        "masks": np.concatenate([g["masks"] for g in ordered]),
-        "move_probs": np.concatenate([g["move_probs"] for g in ordered]).reshape(-1, 220),
-        "results": np.concatenate([g["results"] for g in ordered]).astype(np.float32),
+        "boards": batch.boards,
+        "masks": batch.masks,
+        "move_probs": batch.move_probs,
+        "results": batch.results,
     }
 
 
@@ -158,16 +161,20 @@ def match_id(settings: Settings, checkpoint: int, opponent: str) -> str:
 
 
 def planned_matches(
-    checkpoints: list[int], promoted: int | None, played: set[int] | None = None
+    checkpoints: list[int],
+    promoted: int | None,
+    played: set[int] | None = None,
+    baselines: tuple[str, ...] = ("mcts",),
 ) -> list[tuple[int, str]]:
     """(checkpoint, opponent) of every evaluation match, newest checkpoint first.
 
-    Per checkpoint N: checkpoint 0 first (it ties N to the anchor at once), the MCTS
-    baseline, the newest earlier checkpoint that has `played` (N-1 when none has; this
-    chains neighbours even when ticks skip checkpoints), and the promoted checkpoint.
-    The newest checkpoint that has played comes first: when checkpoints arrive faster
-    than ticks, each evaluated one still meets the baseline and its predecessor before
-    a newer one starts (else only matches against checkpoint 0 would ever be played).
+    Per checkpoint N: checkpoint 0 first (it ties N to the anchor at once), the
+    `baselines` in order, the newest earlier checkpoint that has `played` (N-1 when none
+    has; this chains neighbours even when ticks skip checkpoints), and the promoted
+    checkpoint. The newest checkpoint that has played comes first: when checkpoints
+    arrive faster than ticks, each evaluated one still meets the baselines and its
+    predecessor before a newer one starts (else only matches against checkpoint 0 would
+    ever be played).
     """
     available = set(checkpoints)
     played = played or set()
@@ -178,11 +185,11 @@ def planned_matches(
         if n == 0:
             continue
         previous = max((m for m in played if 0 < m < n), default=n - 1)
-        opponents = ["0", MCTS_OPPONENT, str(previous)]
+        opponents = ["0", *baselines, str(previous)]
         if promoted is not None and promoted < n:
             opponents.append(str(promoted))
         for opp in dict.fromkeys(opponents):
-            if opp == MCTS_OPPONENT or int(opp) in available:
+            if opp in baselines or int(opp) in available:
                 plan.append((n, opp))
     return plan
 
@@ -296,7 +303,8 @@ def run_evaluation_tick(settings: Settings, r: redis.Redis, keys: Keys) -> dict[
     done = {k.decode() if isinstance(k, bytes) else k for k in r.hkeys(keys.arena_matches)}
     ttl = max(60, int(settings.task_time_limit_s))
     played = played_checkpoints(settings, r, keys)
-    for n, opp in planned_matches(checkpoints, promoted, played):
+    baselines = tuple(settings.arena_baseline_labels())
+    for n, opp in planned_matches(checkpoints, promoted, played, baselines):
         mid = match_id(settings, n, opp)
         if mid in done or not r.set(keys.arena_claim(mid), os.getpid(), nx=True, ex=ttl):
             continue

@@ -4,14 +4,15 @@
 softmax over legal moves, and values (N,) float32 for the player to move, computed
 under ``torch.inference_mode()`` on a model that is always in eval mode.
 
-The fast CPU path ("auto" on a CPU): any model with the network contract (our
-HexzNet, the original project's TorchScript files, or any module whose weights map
-onto HexzNet) is rebuilt as a HexzNet, its batch norms are folded into the
-convolutions, and it is exported to ONNX and run by ONNX Runtime ("onnx"); without
-the onnx/onnxruntime packages it runs in PyTorch in channels_last layout
-("folded_cl"). Every fast path is checked against the plain eval-mode model on 64
-real positions (max deviation 1e-4 on priors and values) and falls back to the model
-as loaded ("plain") if it deviates or the model cannot be rebuilt. On the PyTorch
+The fast CPU path ("auto" on a CPU): a model whose ModelParams are known (a HexzNet,
+a TorchScript file of ours, which names them, or any model with the network contract
+when the caller names them, like the original project's files) is rebuilt as a
+HexzNet of those parameters, its batch norms are folded into the convolutions, and it
+is exported to ONNX and run by ONNX Runtime ("onnx"); without the onnx/onnxruntime
+packages it runs in PyTorch in channels_last layout ("folded_cl"). Every fast path is
+checked against the plain eval-mode model on 64 real positions (max deviation 1e-4 on
+priors and values) and falls back to the model as loaded ("plain") if it deviates or
+its weights do not fit the parameters; a model of unknown parameters runs as loaded. On the PyTorch
 paths, batches under SMALL_BATCH rows run on one thread. Building an Evaluator takes
 a second or more (export and check): build one per model and reuse it.
 
@@ -34,7 +35,6 @@ import copy
 import importlib.util
 import io
 import logging
-import re
 import threading
 import time
 import warnings
@@ -46,7 +46,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from hexz_tasks.model import BOARD_SHAPE, MASK_SHAPE, HexzNet, load_scriptmodule
+from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE
+from hexz_tasks.model import HexzNet, ModelError, ModelParams, load_scripted, network_with_weights
 
 log = logging.getLogger(__name__)
 
@@ -81,58 +82,26 @@ def _one_thread() -> Iterator[None]:
                 torch.set_num_threads(_saved_threads)
 
 
-_ORIGINAL_BLOCK = re.compile(r"^cnn_blocks\._blocks\.(\d+)\.([01])\.(.+)$")
+Model = nn.Module | str | Path | bytes
+# What self-play and the CPU player call: (boards, masks) -> (priors, values).
+Evaluate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def _plain(source: nn.Module | torch.jit.ScriptModule | str | Path | bytes, device: str):
-    """The model as given or loaded, in eval mode (a copy: the caller's model is untouched)."""
+def _plain(source: Model, device: str) -> tuple[nn.Module, ModelParams | None]:
+    """The model as given or loaded, in eval mode (a copy: the caller's model is
+    untouched), and the parameters it names."""
     if isinstance(source, str | Path | bytes):
-        return load_scriptmodule(source, device)
+        return load_scripted(source, device)
     if not isinstance(source, nn.Module):
         raise ValueError(f"expected a model, a TorchScript file or bytes, got {type(source)}")
     if isinstance(source, torch.jit.ScriptModule):
-        module = source  # TorchScript modules cannot be deep-copied reliably
-    else:
-        module = copy.deepcopy(source)
-    return module.to(device).eval()
-
-
-def _hexznet_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Maps the original project's conv2d layout (cnn_blocks._blocks.i.{0,1}) onto ours."""
-    out = {}
-    for key, value in state.items():
-        m = _ORIGINAL_BLOCK.match(key)
-        out[f"torso.{3 * int(m[1]) + int(m[2])}.{m[3]}" if m else key] = value
-    return out
-
-
-def rebuild_as_hexznet(module: nn.Module) -> HexzNet | None:
-    """A HexzNet (eval mode) with `module`'s weights, or None if they do not fit one."""
-    if isinstance(module, HexzNet):
-        net = copy.deepcopy(module)
-        return net.eval()
-    state = _hexznet_state_dict({k: v.detach() for k, v in module.state_dict().items()})
-    first = state.get("torso.0.weight")
-    if first is None or first.dim() != 4:
-        return None
-    filters = first.shape[0]
-    convs = [k for k in state if re.fullmatch(r"torso\.\d+\.weight", k) and state[k].dim() == 4]
-    residual = any(k.startswith("torso.3.body.") for k in state)
-    if residual:
-        blocks = 1 + len({k.split(".")[1] for k in state if ".body." in k})
-        model_type = "resnet"
-    else:
-        blocks = len(convs)
-        model_type = "conv2d"
-    try:
-        net = HexzNet(model_type, blocks, filters)
-        net.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError):
-        return None
-    return net.to(first.device).eval()
+        return source.to(device).eval(), None  # TorchScript modules cannot be deep-copied
+    params = source.params if isinstance(source, HexzNet) else None
+    return copy.deepcopy(source).to(device).eval(), params
 
 
 def _fuse_sequential(seq: nn.Sequential) -> nn.Sequential:
+    """`seq` with each batch norm that directly follows a convolution folded into it."""
     mods = list(seq)
     out: list[nn.Module] = []
     i = 0
@@ -146,20 +115,26 @@ def _fuse_sequential(seq: nn.Sequential) -> nn.Sequential:
             out.append(fuse_conv_bn_eval(m, mods[i + 1]))
             i += 2
             continue
-        if hasattr(m, "body") and isinstance(m.body, nn.Sequential):  # ResidualBlock
-            m = copy.deepcopy(m)
-            m.body = _fuse_sequential(m.body)
+        _fuse_within(m)
         out.append(m)
         i += 1
     return nn.Sequential(*out)
 
 
+def _fuse_within(module: nn.Module) -> None:
+    """Folds the batch norms of every nn.Sequential inside `module`, in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            setattr(module, name, _fuse_sequential(child))
+        else:
+            _fuse_within(child)
+
+
 def fold_batch_norm(net: HexzNet) -> HexzNet:
-    """A copy of `net` (eval mode) with every batch norm folded into its convolution."""
+    """A copy of `net` (eval mode) with every batch norm that directly follows a
+    convolution in an nn.Sequential (anywhere in it) folded into that convolution."""
     net = copy.deepcopy(net).eval()
-    net.torso = _fuse_sequential(net.torso)
-    net.policy_head = _fuse_sequential(net.policy_head)
-    net.value_head = _fuse_sequential(net.value_head)
+    _fuse_within(net)
     return net
 
 
@@ -216,19 +191,25 @@ def _onnx_forward(net: HexzNet) -> Forward:
 
 
 class Evaluator:
-    """Runs a model with the network contract on batches of NumPy positions."""
+    """Runs a model with the network contract on batches of NumPy positions.
+
+    `params` names the model's ModelParams where the model does not (see the module
+    docstring); ModelError if a file or bytes are not a loadable model.
+    """
 
     def __init__(
         self,
-        module_or_path: nn.Module | str | Path | bytes,
+        module_or_path: Model,
         device: str = "cpu",
         *,
         mode: str = "auto",
+        params: ModelParams | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.device = torch.device(device)
-        self.plain = _plain(module_or_path, device)
+        self.plain, named = _plain(module_or_path, device)
+        self.params = params or named
         self._plain_forward: Forward = self.plain
         self._forward: Forward = self.plain
         self.mode = "plain"
@@ -240,9 +221,14 @@ class Evaluator:
             self._build(mode)
 
     def _build(self, mode: str) -> None:
-        net = rebuild_as_hexznet(self.plain)
-        if net is None:
-            log.info("model does not map onto HexzNet; running it as loaded")
+        if self.params is None:
+            log.info("the model names no ModelParams; running it as loaded")
+            return
+        try:
+            state = {k: v.detach() for k, v in self.plain.state_dict().items()}
+            net = network_with_weights(self.params, state).to(self.device)
+        except ModelError as e:
+            log.warning("running the model as loaded: %s", e)
             return
         fast = fold_batch_norm(net)
         if mode == "onnx":
@@ -321,32 +307,24 @@ def _onnx_available() -> bool:
 
 def sample_positions(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n positions of random games (0-40 random moves in), from the player to move's view."""
-    from hexz_tasks.engine import Board
+    from hexz_tasks.engine import random_position
 
     rng = np.random.default_rng(seed)
     boards = np.empty((n, *BOARD_SHAPE), dtype=np.float32)
     masks = np.empty((n, *MASK_SHAPE), dtype=bool)
     for i in range(n):
-        b = Board.random(int(rng.integers(2**62)))
-        p = 0
-        for _ in range(int(rng.integers(0, 40))):
-            if not b.has_legal_move(p):
-                p = 1 - p
-            moves = b.legal_moves(p)
-            if not moves:
-                break
-            b.make_move(p, moves[rng.integers(len(moves))])
-            p = 1 - p
-        if not b.has_legal_move(p):
-            p = 1 - p
+        b, p = random_position(rng, int(rng.integers(0, 40)))
         boards[i] = b.tensor(p)
         masks[i] = b.action_mask(p)
     return boards, masks
 
 
-def as_evaluator(model: Evaluator | nn.Module | str | Path | bytes, device: str = "cpu"):
-    """`model` itself if it is an Evaluator, else an Evaluator for it."""
-    return model if isinstance(model, Evaluator) else Evaluator(model, device)
+def as_evaluator(model: Evaluate | Model, device: str = "cpu") -> Evaluate:
+    """An Evaluator for a model (module, TorchScript file or bytes); `model` itself if
+    it already evaluates (an Evaluator, or any function with its signature)."""
+    if isinstance(model, nn.Module | str | Path | bytes):
+        return Evaluator(model, device)
+    return model
 
 
 def throughput(evaluator: Evaluator, batch: int, seconds: float = 2.0, seed: int = 0) -> float:

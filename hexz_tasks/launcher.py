@@ -51,6 +51,7 @@ QUICKSTART: dict[str, str] = {
     "HEXZ_ARENA_RUNS_PER_MOVE": "64",
     "HEXZ_ARENA_GAMES": "10",
     "HEXZ_ARENA_INTERVAL_S": "60",
+    "HEXZ_ARENA_BASELINES": "mcts,uct:800",
 }
 
 

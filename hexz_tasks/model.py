@@ -1,34 +1,53 @@
-"""The Flagz network (shared/spec/selfplay-and-training.md, "The network").
+"""The Flagz network (shared/spec/selfplay-and-training.md, "The network") and the
+registry of its architectures.
 
 Contract: ``forward(board, action_mask)`` with board (N, 11, 11, 10) float32 and
 action_mask (N, 2, 11, 10) bool returns ``(policy_logits, value)``: logits (N, 220)
 with illegal moves set to -1e32, value (N, 1) in -1..1 for the player to move.
+
+Every network is a HexzNet: a torso from hexz_tasks.architectures (by name, the
+``model_type`` of :class:`ModelParams`) and the spec's policy and value heads. A model
+file says what it is:
+checkpoints keep their ModelParams in ``model.pt.params`` and inside their TorchScript
+file (:func:`to_scriptmodule_bytes`); nothing is inferred from weight names.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 
-BOARD_SHAPE = (11, 11, 10)
-MASK_SHAPE = (2, 11, 10)
-POLICY_SIZE = 220
-CELLS = 110
+from hexz_tasks.architectures import ARCHITECTURES
+from hexz_tasks.errors import ModelError
+from hexz_tasks.layout import CELLS, POLICY_SIZE
+
 ILLEGAL_LOGIT = -1e32
+# Where a TorchScript file of ours keeps its ModelParams (torch.jit extra files).
+PARAMS_EXTRA_FILE = "hexz_model_params.json"
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    """The constructor arguments; stored as JSON next to each checkpoint (model.pt.params)."""
+    """What a network is: architecture name and size. Stored as JSON next to each
+    checkpoint (model.pt.params) and inside its TorchScript file."""
 
-    model_type: Literal["conv2d", "resnet"] = "conv2d"
+    model_type: str = "conv2d"
     blocks: int = 5
     filters: int = 128
+
+    def __post_init__(self) -> None:
+        if self.model_type not in ARCHITECTURES:
+            raise ModelError(
+                f"unknown model_type {self.model_type!r}: one of {', '.join(ARCHITECTURES)}"
+            )
+        if self.blocks < 1 or self.filters < 1:
+            raise ModelError(f"blocks and filters must be positive: {self}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,49 +56,20 @@ class ModelParams:
     def from_dict(cls, d: dict) -> ModelParams:
         unknown = set(d) - {"model_type", "blocks", "filters"}
         if unknown:
-            raise ValueError(f"unknown model parameter(s): {sorted(unknown)}")
-        params = cls(**d)
-        if params.model_type not in ("conv2d", "resnet"):
-            raise ValueError(f"model_type must be conv2d or resnet, got {params.model_type!r}")
-        if params.blocks < 1 or params.filters < 1:
-            raise ValueError(f"blocks and filters must be positive: {params}")
-        return params
-
-
-def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-
-class ResidualBlock(nn.Module):
-    def __init__(self, filters: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            *_conv_bn_relu(filters, filters),
-            nn.Conv2d(filters, filters, 3, padding=1, bias=False),
-            nn.BatchNorm2d(filters),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + x)
+            raise ModelError(f"unknown model parameter(s): {sorted(unknown)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ModelError(f"bad model parameters {d}: {e}") from None
 
 
 class HexzNet(nn.Module):
-    """conv2d: `blocks` conv-BN-ReLU layers; resnet: one conv-BN-ReLU + blocks-1 residual blocks.
-
-    Convolutions use padding=1, the same as padding='same' for 3x3 kernels, because
-    TorchScript freezing fails on the string form.
-    """
+    """A torso of ARCHITECTURES[model_type] and the policy and value heads."""
 
     def __init__(self, model_type: str = "conv2d", blocks: int = 5, filters: int = 128) -> None:
         super().__init__()
-        ModelParams.from_dict({"model_type": model_type, "blocks": blocks, "filters": filters})
-        layers = _conv_bn_relu(BOARD_SHAPE[0], filters)
-        if model_type == "conv2d":
-            for _ in range(blocks - 1):
-                layers += _conv_bn_relu(filters, filters)
-        else:
-            layers += [ResidualBlock(filters) for _ in range(blocks - 1)]
-        self.torso = nn.Sequential(*layers)
+        self.params = ModelParams(model_type, blocks, filters)
+        self.torso = nn.Sequential(*ARCHITECTURES[model_type](blocks, filters))
         self.policy_head = nn.Sequential(
             nn.Conv2d(filters, 2, 1, bias=False),
             nn.BatchNorm2d(2),
@@ -111,29 +101,67 @@ def make_model(params: ModelParams) -> HexzNet:
     return HexzNet(params.model_type, params.blocks, params.filters)
 
 
-def to_scriptmodule_bytes(model: nn.Module) -> bytes:
-    """TorchScript (torch.jit.script) of `model` in eval mode, as the C++ workers load it."""
+# The original project's conv2d layout: its layer i is cnn_blocks._blocks.i.{0: conv,
+# 1: batch norm}, ours torso.{3 i: conv, 3 i + 1: batch norm}.
+_ORIGINAL_BLOCK = re.compile(r"^cnn_blocks\._blocks\.(\d+)\.([01])\.(.+)$")
+
+
+def network_with_weights(params: ModelParams, state: dict[str, torch.Tensor]) -> HexzNet:
+    """A HexzNet of `params` (eval mode) holding `state` (ours, or the original
+    project's conv2d layout); ModelError if the weights do not fit it exactly."""
+    renamed = {}
+    for key, value in state.items():
+        m = _ORIGINAL_BLOCK.match(key)
+        renamed[f"torso.{3 * int(m[1]) + int(m[2])}.{m[3]}" if m else key] = value
+    net = make_model(params)
+    try:
+        net.load_state_dict(renamed)
+    except RuntimeError as e:
+        raise ModelError(f"weights do not fit {params}: {e}") from None
+    return net.eval()
+
+
+def to_scriptmodule_bytes(model: HexzNet) -> bytes:
+    """TorchScript (torch.jit.script) of `model` in eval mode, as the C++ workers load
+    it, with its ModelParams inside (see :func:`load_scripted`)."""
     was_training = model.training
     model.eval()
     try:
         buf = io.BytesIO()
-        torch.jit.save(torch.jit.script(model), buf)
+        extra = {PARAMS_EXTRA_FILE: json.dumps(model.params.to_dict())}
+        torch.jit.save(torch.jit.script(model), buf, _extra_files=extra)
         return buf.getvalue()
     finally:
         model.train(was_training)
 
 
-def load_scriptmodule(source: str | Path | bytes, device: str = "cpu") -> torch.jit.ScriptModule:
-    """Loads any TorchScript model with the network contract, in eval mode.
+def load_scripted(
+    source: str | Path | bytes, device: str = "cpu"
+) -> tuple[torch.jit.ScriptModule, ModelParams | None]:
+    """Loads any TorchScript model with the network contract, in eval mode, and the
+    ModelParams it names (None for files that name none, like the original project's).
 
     Files saved in training mode (like the original project's) would otherwise use
-    batch statistics in batch norm; eval() is always applied.
+    batch statistics in batch norm; eval() is always applied. ModelError if the bytes
+    are not a TorchScript model or name unknown parameters.
     """
     if isinstance(source, bytes):
         source = io.BytesIO(source)
+    extra = {PARAMS_EXTRA_FILE: ""}
     try:
-        module = torch.jit.load(source, map_location=device)
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f"not a loadable TorchScript model: {e}") from e
+        module = torch.jit.load(source, map_location=device, _extra_files=extra)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ModelError(f"not a loadable TorchScript model: {e}") from e
     module.eval()
-    return module
+    params = None
+    if extra[PARAMS_EXTRA_FILE]:
+        try:
+            params = ModelParams.from_dict(json.loads(extra[PARAMS_EXTRA_FILE]))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ModelError(f"the model's {PARAMS_EXTRA_FILE} is corrupt: {e}") from None
+    return module, params
+
+
+def load_scriptmodule(source: str | Path | bytes, device: str = "cpu") -> torch.jit.ScriptModule:
+    """The module of :func:`load_scripted`."""
+    return load_scripted(source, device)[0]

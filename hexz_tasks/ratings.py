@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import redis
 
+from hexz_tasks.intervals import Z95
 from hexz_tasks.keys import Keys
 from hexz_tasks.settings import Settings
 
 ELO = 400.0 / math.log(10.0)  # Elo points per natural-log-odds unit
 PRIOR_SD_ELO = 2000.0
-Z95 = 1.959963985
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,8 @@ def fit_stored(
     settings: Settings, r: redis.Redis, keys: Keys
 ) -> tuple[dict[str, Rating], list[dict[str, Any]]]:
     """Ratings over every stored game, anchored at checkpoint 0; and the games."""
-    from hexz_tasks.arena import checkpoint_label, stored_games
+    from hexz_tasks.arena import stored_games
+    from hexz_tasks.players import checkpoint_label
 
     games = stored_games(r, keys)
     anchor = checkpoint_label(settings.model_name, 0)

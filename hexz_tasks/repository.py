@@ -24,21 +24,24 @@ from typing import Any
 import redis
 import torch
 
+from hexz_tasks.files import fsync_dir, write_synced
 from hexz_tasks.keys import Keys
-from hexz_tasks.model import HexzNet, ModelParams, make_model, to_scriptmodule_bytes
+from hexz_tasks.model import HexzNet, ModelError, ModelParams, make_model, to_scriptmodule_bytes
 from hexz_tasks.settings import Settings
-from hexz_tasks.store import fsync_dir
 
 # Published TorchScript bytes kept in Redis besides the newest (older ones are deleted).
 KEEP_PUBLISHED = 4
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelError):
     """A checkpoint file is missing or corrupt; the message names the file."""
 
 
 def params_from_settings(settings: Settings) -> ModelParams:
-    return ModelParams(settings.model_type, settings.model_blocks, settings.model_filters)
+    try:
+        return ModelParams(settings.model_type, settings.model_blocks, settings.model_filters)
+    except ModelError as e:
+        raise ModelError(f"HEXZ_MODEL_TYPE/BLOCKS/FILTERS: {e}") from None
 
 
 class ModelRepository:
@@ -121,10 +124,7 @@ class ModelRepository:
             if stats is not None:
                 files["stats.json"] = json.dumps(stats, indent=2).encode()
             for name, data in files.items():
-                with open(tmp / name, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                write_synced(tmp / name, data)
             fsync_dir(tmp)
             try:
                 os.rename(tmp, final)
@@ -158,7 +158,7 @@ class ModelRepository:
         path = self._file(n, "model.pt.params")
         try:
             return ModelParams.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError) as e:
+        except (ModelError, ValueError, TypeError) as e:
             raise CheckpointError(f"corrupt checkpoint file {path}: {e}") from e
 
     def load_model(self, n: int, device: str = "cpu") -> HexzNet:

@@ -1,8 +1,9 @@
 """Self-play games and the CPU player's move suggestions.
 
 The search and the games run in C++ (hexz_tasks._search); this module runs the
-network on the driver's batches and turns finished games into TrainingExample
-protobufs as shared/spec/wire-format.md describes (NUMPY encoding).
+network on the driver's batches. Finished games come out as the example store's
+columns (hexz_tasks.codec); `hexz selfplay` writes them as TrainingExample protobufs
+(shared/spec/wire-format.md, NUMPY encoding).
 """
 
 from __future__ import annotations
@@ -22,18 +23,12 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from hexz_tasks import hexz_pb2, progress
+from hexz_tasks import codec, hexz_pb2, progress
 from hexz_tasks._search import Search, SelfPlay
-from hexz_tasks.examples import npy_bytes
-from hexz_tasks.inference import Evaluator, as_evaluator
+from hexz_tasks.examples import from_columns
+from hexz_tasks.inference import Evaluate, Evaluator, as_evaluator
+from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE, WIRE_CELL_TYPE_FLAG, WIRE_CELL_TYPE_NORMAL
 from hexz_tasks.settings import Settings
-
-_FLAG = hexz_pb2.Field.CellType.Value("FLAG")
-_NORMAL = hexz_pb2.Field.CellType.Value("NORMAL")
-_STATS_SCALARS = (
-    "valid_moves", "visit_count", "visited_children", "search_depth", "search_tree_size",
-    "branch_nodes", "min_child_vc", "max_child_vc",
-)  # fmt: skip
 
 ModelKeyLike = hexz_pb2.ModelKey | tuple[str, int] | None
 
@@ -43,14 +38,19 @@ class GameRecord:
     """One finished self-play game."""
 
     index: int  # order in which the game was started (0..n_games-1)
-    examples: list[hexz_pb2.TrainingExample]
+    columns: codec.Columns  # its examples, as ExampleStore.add_game takes them
     result: int  # +1 / 0 / -1 from player 0's view
     score: tuple[int, int]
     num_moves: int
     evaluations: int = 0  # network evaluations the game needed
     cache_hits: int = 0  # leaves expanded from a transposition instead
     fast_moves: int = 0
+    forced_moves: int = 0  # one legal move: played without a search, no example
     resigned: bool = False
+
+    @property
+    def num_examples(self) -> int:
+        return codec.num_rows(self.columns)
 
 
 def search_kwargs(settings: Settings) -> dict[str, Any]:
@@ -63,61 +63,25 @@ def search_kwargs(settings: Settings) -> dict[str, Any]:
         "random_playouts": settings.random_playouts,
         "end_game_when_stuck": settings.end_game_when_stuck,
         "eval_cache": settings.eval_cache,
+        "fpu_reference": settings.fpu_reference,
     }
 
 
-def _model_key(model_key: ModelKeyLike) -> hexz_pb2.ModelKey | None:
-    if model_key is None or isinstance(model_key, hexz_pb2.ModelKey):
-        return model_key
+def _model_key(model_key: ModelKeyLike) -> tuple[str | None, int]:
+    if model_key is None:
+        return None, 0
+    if isinstance(model_key, hexz_pb2.ModelKey):
+        return model_key.name, model_key.checkpoint
     name, checkpoint = model_key
-    return hexz_pb2.ModelKey(name=name, checkpoint=int(checkpoint))
+    return name, int(checkpoint)
 
 
 def _seed(seed: int | None) -> int:
     return int.from_bytes(os.urandom(8), "little") if seed is None else seed
 
 
-def _examples(game: dict[str, Any], key: hexz_pb2.ModelKey | None) -> list:
-    out = []
-    for i in range(len(game["turns"])):
-        turn = int(game["turns"][i])
-        typ, r, c, _ = (int(x) for x in game["moves"][i])
-        stats = game["stats"][i]
-        ex = hexz_pb2.TrainingExample(
-            unix_micros=int(game["unix_micros"][i]),
-            board=npy_bytes(game["boards"][i]),
-            move_probs=npy_bytes(game["move_probs"][i]),
-            result=float(game["results"][i]),
-            encoding=hexz_pb2.TrainingExample.NUMPY,
-            turn=turn,
-            action_mask=npy_bytes(game["masks"][i]),
-            move=hexz_pb2.GameEngineMove(
-                player_num=turn + 1,
-                move=int(game["move_numbers"][i]),
-                row=r,
-                col=c,
-                cell_type=_FLAG if typ == 0 else _NORMAL,
-            ),
-            model_predictions=hexz_pb2.ModelPredictions(
-                priors=npy_bytes(game["priors"][i]), value=float(game["values"][i])
-            ),
-            stats=hexz_pb2.TrainingExample.Stats(
-                duration_micros=int(game["duration_micros"][i]),
-                selected_child_vc=int(game["selected_child_vc"][i]),
-                selected_child_q=float(game["selected_child_q"][i]),
-                nodes_per_depth=stats["nodes_per_depth"],
-                max_visit_count_per_depth=stats["max_visit_count_per_depth"],
-                **{name: stats[name] for name in _STATS_SCALARS},
-            ),
-        )
-        if key is not None:
-            ex.model_key.CopyFrom(key)
-        out.append(ex)
-    return out
-
-
 def play_games(
-    model: Evaluator | torch.nn.Module | str | Path | bytes,
+    model: Evaluate | torch.nn.Module | str | Path | bytes,
     n_games: int,
     settings: Settings,
     seed: int | None = None,
@@ -129,6 +93,8 @@ def play_games(
     """Plays `n_games` self-play games, `settings.games_in_flight` at a time, and yields
     each as soon as it finishes. Game i depends only on (seed, i) and the network.
 
+    `model` is an inference.Evaluator (or what makes one) or any function with its
+    signature. Examples name `model_key` (name, checkpoint) as their model, if given.
     `stats`, if given, is updated in place with running totals (evaluations,
     inference_s, games_started, games_finished, examples of finished games,
     examples_recorded including games in progress) and `on_step(stats)` is
@@ -140,7 +106,7 @@ def play_games(
     if settings.inference_threads > 0:
         torch.set_num_threads(settings.inference_threads)
     evaluator = as_evaluator(model, settings.device)
-    key = _model_key(model_key)
+    name, checkpoint = _model_key(model_key)
     driver = SelfPlay(
         n_games,
         settings.games_in_flight,
@@ -151,10 +117,12 @@ def play_games(
         max_moves_per_game=settings.max_moves_per_game,
         sampled_moves=settings.sampled_moves,
         resign_threshold=settings.resign_threshold,
+        model_name=name,
+        checkpoint=checkpoint,
         **search_kwargs(settings),
     )
-    boards = np.zeros((driver.capacity, 11, 11, 10), dtype=np.float32)
-    masks = np.zeros((driver.capacity, 2, 11, 10), dtype=bool)
+    boards = np.zeros((driver.capacity, *BOARD_SHAPE), dtype=np.float32)
+    masks = np.zeros((driver.capacity, *MASK_SHAPE), dtype=bool)
     stats = stats if stats is not None else {}
     stats.update(inference_s=0.0, examples=0)
     while True:
@@ -164,18 +132,9 @@ def play_games(
         stats["games_finished"] = driver.games_finished
         stats["examples_recorded"] = driver.examples_recorded
         for game in driver.take_finished():
-            stats["examples"] += len(game["turns"])
-            yield GameRecord(
-                index=game["index"],
-                examples=_examples(game, key),
-                result=game["result"],
-                score=game["score"],
-                num_moves=game["num_moves"],
-                evaluations=game["evaluations"],
-                cache_hits=game["cache_hits"],
-                fast_moves=game["fast_moves"],
-                resigned=game["resigned"],
-            )
+            record = GameRecord(**game)
+            stats["examples"] += record.num_examples
+            yield record
         if n == 0:
             return
         start = time.perf_counter()
@@ -206,7 +165,7 @@ def _parse_request(request: bytes) -> hexz_pb2.SuggestMoveRequest:
 
 
 def suggest_move(
-    model: Evaluator | torch.nn.Module | str | Path | bytes,
+    model: Evaluate | torch.nn.Module | str | Path | bytes,
     request: bytes,
     settings: Settings | None = None,
 ) -> bytes:
@@ -214,7 +173,8 @@ def suggest_move(
 
     Searches by highest PUCT only (no noise) for the request's think time, or its
     iterations when the time is 0, both capped by settings.max_think_time_ms and
-    max_suggest_iterations; answers the most visited root child. Raises ValueError
+    max_suggest_iterations; answers the most visited root child. A position with one
+    legal move is answered at once (one run: the root's evaluation). Raises ValueError
     with a clear message for bad input. Pass an inference.Evaluator to reuse it across
     requests (building one from a module or file takes a second or more).
     """
@@ -231,6 +191,8 @@ def suggest_move(
     else:
         think_ms = settings.max_think_time_ms
         iterations = min(req.max_iterations, settings.max_suggest_iterations)
+    if board.num_legal_moves(player) == 1:
+        iterations = 1
     evaluator = as_evaluator(model, settings.device)
     search = Search(board, player, zlib.crc32(bytes(request)), **search_kwargs(settings))
     search.run(evaluator, iterations, greedy=True, deadline=time.monotonic() + think_ms / 1000.0)
@@ -246,7 +208,7 @@ def suggest_move(
             move=req.game_engine_state.flagz.board.move,
             row=r,
             col=c,
-            cell_type=_FLAG if typ == 0 else _NORMAL,
+            cell_type=_cell_type(typ),
         ),
         move_stats=hexz_pb2.SuggestMoveStats(value=search.root_value),
     )
@@ -257,7 +219,7 @@ def suggest_move(
             hexz_pb2.SuggestMoveStats.ScoredMove(
                 row=cr,
                 col=cc,
-                type=_FLAG if ctyp == 0 else _NORMAL,
+                type=_cell_type(ctyp),
                 scores=[
                     hexz_pb2.SuggestMoveStats.Score(
                         kind=kinds.Value("FINAL"), score=float(share[i])
@@ -269,6 +231,10 @@ def suggest_move(
             )
         )
     return resp.SerializeToString()
+
+
+def _cell_type(typ: int) -> int:
+    return WIRE_CELL_TYPE_FLAG if typ == 0 else WIRE_CELL_TYPE_NORMAL
 
 
 def worker_config(settings: Settings) -> hexz_pb2.WorkerConfig:
@@ -321,7 +287,7 @@ def selfplay_to_archive(
             )
 
         for record in play_games(evaluator, games, settings, seed, stats=stats, on_step=on_step):
-            req.examples.extend(record.examples)
+            req.examples.extend(from_columns(record.columns))
             shown.update()
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     try:

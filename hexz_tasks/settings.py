@@ -15,6 +15,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from hexz_tasks.architectures import ARCHITECTURES
+from hexz_tasks.players import parse_baseline
+
 ENV_PREFIX = "HEXZ_"
 
 # Variables that other programs of the Hexz family read from the same environment;
@@ -55,6 +58,11 @@ class Settings:
     # tree (a transposition) instead of evaluating it again. Same search, fewer
     # evaluations; off = evaluate every leaf like the reference.
     eval_cache: bool = True
+    # First-play urgency of an unvisited child as the reference computes it: the parent's
+    # Q negated whenever parent and child have different next_turn, which is wrong after
+    # a double move (the parent's mover moves again). False: negated iff the parent's
+    # mover differs from its player to move (the child's mover).
+    fpu_reference: bool = False
     suspend_while_training: bool = False
     # Games a self-play task advances together (one network batch per step).
     games_in_flight: int = 128
@@ -68,7 +76,8 @@ class Settings:
     # Defaults to <data_dir> when unset (the spec's model_repo_base_dir).
     model_repo_base_dir: Path | None = None
     model_name: str = "flagz"
-    model_type: Literal["conv2d", "resnet"] = "conv2d"
+    # A name in hexz_tasks.architectures.ARCHITECTURES.
+    model_type: str = "conv2d"
     model_blocks: int = 5
     model_filters: int = 128
     batch_size: int = 4096
@@ -88,6 +97,9 @@ class Settings:
     device: str = "cpu"
     shuffle: bool = True
     pin_memory: bool = False
+    # Train on a random symmetry of each example (the left-right mirror, the up-down
+    # mirror, their composition or none); off = the examples as played (the reference).
+    train_symmetries: bool = False
     # Seconds between beat ticks of the training task.
     training_check_interval_s: float = 5.0
 
@@ -96,6 +108,9 @@ class Settings:
     # played twice, seats swapped) of the automatic checkpoint evaluation.
     arena_runs_per_move: int = 100
     arena_games: int = 20
+    # Players without a model (hexz_tasks.players: mcts[:N], uct:N, uct@MS, random) that
+    # each evaluated checkpoint meets, comma-separated (empty: none).
+    arena_baselines: str = "mcts"
     # 0 = play the most visited move; > 0 = sample by visits ** (1 / temperature).
     arena_temperature: float = 0.0
     # Seconds between beat ticks of the automatic evaluation (one match per tick at most).
@@ -184,6 +199,7 @@ class Settings:
                 "HEXZ_ARENA_RUNS_PER_MOVE must be positive and HEXZ_ARENA_GAMES positive and "
                 f"even, got {self.arena_runs_per_move} and {self.arena_games}"
             )
+        self.arena_baseline_labels()
         if self.promotion_min_score is not None and not 0 <= self.promotion_min_score <= 1:
             raise SettingsError(
                 f"HEXZ_PROMOTION_MIN_SCORE must be in [0, 1], got {self.promotion_min_score}"
@@ -196,8 +212,11 @@ class Settings:
             raise SettingsError(
                 f"HEXZ_INITIAL_ROOT_Q_VALUE must be in [-1, 1], got {self.initial_root_q_value}"
             )
-        if self.model_type == "resnet" and self.model_blocks < 1:
-            raise SettingsError("HEXZ_MODEL_BLOCKS must be >= 1 for resnet")
+        if self.model_type not in ARCHITECTURES:
+            raise SettingsError(
+                f"HEXZ_MODEL_TYPE={self.model_type!r} is invalid: expected one of "
+                f"{', '.join(ARCHITECTURES)}"
+            )
         if not self.model_name or "/" in self.model_name or self.model_name.startswith("."):
             raise SettingsError(f"HEXZ_MODEL_NAME is not a valid name: {self.model_name!r}")
         if self.device != "cpu" and not (
@@ -218,6 +237,23 @@ class Settings:
             )
         if self.flower_basic_auth is not None and ":" not in self.flower_basic_auth:
             raise SettingsError("HEXZ_FLOWER_BASIC_AUTH must be user:password[,user:password]")
+
+    def arena_baseline_labels(self) -> list[str]:
+        """The players named by arena_baselines, as labelled in stored games."""
+        labels = []
+        names = self.arena_baselines.split(",") if self.arena_baselines.strip() else []
+        for name in names:
+            try:
+                spec = parse_baseline(name)
+            except ValueError as e:
+                raise SettingsError(f"HEXZ_ARENA_BASELINES: {e}") from None
+            if spec is None:
+                raise SettingsError(
+                    f"HEXZ_ARENA_BASELINES: {name.strip()!r} is not mcts[:N], uct:N, uct@MS "
+                    "or random"
+                )
+            labels.append(spec.label)
+        return list(dict.fromkeys(labels))
 
     def to_json(self) -> str:
         """The whole configuration, for writing next to a checkpoint."""

@@ -1,9 +1,11 @@
 """The shared example store in Redis: an append-only stream of compact example batches.
 
-Producers (self-play tasks, the gRPC server, `hexz import`) call :meth:`ExampleStore.add_game`
-or :meth:`ExampleStore.add_examples`; each call is one Lua script that, atomically, checks
-the done marker (so a redelivered task adds its game once), checks the bound on examples
-not yet drained (backpressure), XADDs one stream entry and bumps the durable counters.
+Producers call :meth:`ExampleStore.add_game` (self-play: a game's columns as the engine
+made them, hexz_tasks.codec) or :meth:`ExampleStore.add_examples` (the edge: the gRPC
+server and `hexz import`, protobuf TrainingExamples); each call is one Lua script that,
+atomically, checks the done marker (so a redelivered task adds its game once), checks
+the bound on examples not yet drained (backpressure), XADDs one stream entry (a
+:func:`codec.to_blob`, which names its format version) and bumps the durable counters.
 An example counts as stored once the script returned, and Redis (AOF) persists it.
 
 The trainer calls :meth:`ExampleStore.drain`, which moves stream entries into its on-disk
@@ -14,11 +16,9 @@ of the spec and only then trims what is safely on disk.
 from __future__ import annotations
 
 import gzip
-import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,8 @@ import numpy as np
 import redis
 
 from hexz_tasks import codec, hexz_pb2
+from hexz_tasks.examples import from_columns, to_columns
+from hexz_tasks.files import atomic_write
 from hexz_tasks.keys import Keys
 
 if TYPE_CHECKING:
@@ -102,24 +104,25 @@ class ExampleStore:
         self._trim = client.register_script(_TRIM_SCRIPT)
 
     # --- producers ---
-    def add_game(self, game_id: str, examples: Sequence[hexz_pb2.TrainingExample]) -> int:
-        """Stores one game's examples; returns how many (0 if this game id was stored)."""
-        return self._store(f"game:{game_id}", examples, f"game {game_id}", "games")
+    def add_game(self, game_id: str, columns: codec.Columns) -> int:
+        """Stores one game's examples (the columns SelfPlay.take_finished hands out);
+        returns how many (0 if this game id was stored)."""
+        n = codec.num_rows(columns)
+        if n == 0:
+            return 0
+        return self.add_encoded(f"game:{game_id}", n, codec.to_blob(columns), "games")
 
     def add_examples(self, batch_id: str, examples: Sequence[hexz_pb2.TrainingExample]) -> int:
-        """Stores a batch (gRPC request, archive import); idempotent by batch id."""
-        return self._store(f"batch:{batch_id}", examples, f"batch {batch_id}", "batches")
-
-    def _store(
-        self, done_id: str, examples: Sequence[hexz_pb2.TrainingExample], where: str, kind: str
-    ) -> int:
+        """Stores a batch (gRPC request, archive import) after validating it (ValueError
+        naming the example); idempotent by batch id."""
         if not examples:
             return 0
-        blob = codec.to_blob(codec.encode_examples(examples, where))
-        return self.add_encoded(done_id, len(examples), blob, kind)
+        blob = codec.to_blob(to_columns(examples, f"batch {batch_id}"))
+        return self.add_encoded(f"batch:{batch_id}", len(examples), blob, "batches")
 
     def add_encoded(self, done_id: str, n: int, blob: bytes, kind: str = "batches") -> int:
-        """Stores an already encoded batch; waits while the store is full."""
+        """Stores a batch of `n` examples already in a blob (:func:`codec.to_blob`) under
+        done marker `done_id`; waits while the store is full."""
         deadline = time.monotonic() + self.full_wait_s
         delay = 0.05
         while True:
@@ -166,7 +169,8 @@ class ExampleStore:
     def pending_entries(
         self, after: str | None, count: int = 500, end: str = "+"
     ) -> list[tuple[str, codec.Columns]]:
-        """Up to `count` stream entries after id `after` (up to id `end`), decoded."""
+        """Up to `count` stream entries after id `after` (up to id `end`), decoded (each
+        by the format version it names; FormatError for an unknown one)."""
         start = f"({after}" if after else "-"
         out = []
         for eid, fields in self.redis.xrange(self.keys.examples_stream, start, end, count=count):
@@ -246,35 +250,10 @@ def write_archives(cols: codec.Columns, repo: ModelRepository, timestamp: str) -
     written = []
     for d, rows in groups.items():
         sub = codec.take_rows(cols, np.array(rows))
-        req = hexz_pb2.AddTrainingExamplesRequest(examples=codec.to_examples(sub))
+        req = hexz_pb2.AddTrainingExamplesRequest(examples=from_columns(sub))
         written.append(
             atomic_write(
                 d / "examples" / f"{timestamp}.gz", gzip.compress(req.SerializeToString(), 1)
             )
         )
     return written
-
-
-def utc_timestamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S.%f")
-
-
-def atomic_write(path: Path, data: bytes) -> Path:
-    """Writes `data` so that `path` appears complete or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return path
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

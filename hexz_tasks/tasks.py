@@ -148,7 +148,7 @@ def run_selfplay(
     )
     try:
         for game in games:
-            added = store.add_game(f"{task_id}:{game.index}", game.examples)
+            added = store.add_game(f"{task_id}:{game.index}", game.columns)
             result["games"] += 1
             if added:
                 result["stored"] += 1

@@ -9,6 +9,9 @@ Modes (shared/spec/selfplay-and-training.md, "When and how to train"):
   step of ``replay_buffer_size / batch_size`` batches sampled with replacement from the
   newest ``replay_buffer_size`` examples.
 
+With ``train_symmetries`` each example of a batch is trained under a random symmetry
+of the board (hexz_tasks.symmetry).
+
 "New" is the store's durable example counter minus the total recorded in the latest
 checkpoint's stats.json, so a restarted trainer decides the same. The optimiser state
 and step counter are saved with each checkpoint and restored, and sampling is seeded by
@@ -36,6 +39,7 @@ from hexz_tasks.dataset import Dataset, Window
 from hexz_tasks.repository import ModelRepository, params_from_settings
 from hexz_tasks.settings import Settings, parse_lr_schedule
 from hexz_tasks.store import ExampleStore
+from hexz_tasks.symmetry import random_symmetries
 
 Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -88,24 +92,32 @@ def batch_indices(settings: Settings, n: int, rng: np.random.Generator) -> list[
 
 
 def prefetch(
-    window: Window, batches: list[np.ndarray], pin: bool, workers: int = 1, depth: int = 4
+    window: Window,
+    batches: list[np.ndarray],
+    pin: bool,
+    workers: int = 1,
+    depth: int = 4,
+    symmetry_seed: int | None = None,
 ) -> Iterator[Tensors]:
     """Decodes batches in background threads (NumPy releases the GIL), `depth` batches
     ahead, so the model step never waits for data. Yields CPU tensors (pinned if `pin`)
-    in order."""
+    in order. With a `symmetry_seed`, each example is under a random symmetry (drawn
+    from the seed and the batch number, so reproducible)."""
 
-    def make(idx: np.ndarray) -> Tensors:
+    def make(i: int, idx: np.ndarray) -> Tensors:
         b = window.batch(idx)
+        if symmetry_seed is not None:
+            b = random_symmetries(b, np.random.default_rng([symmetry_seed, i]))
         ts = tuple(torch.from_numpy(a) for a in (b.boards, b.masks, b.move_probs, b.results))
         return tuple(t.pin_memory() for t in ts) if pin else ts
 
-    todo = iter(batches)
+    todo = enumerate(batches)
     with ThreadPoolExecutor(workers, thread_name_prefix="hexz-prefetch") as pool:
-        ahead = deque(pool.submit(make, idx) for idx in itertools.islice(todo, depth))
+        ahead = deque(pool.submit(make, *item) for item in itertools.islice(todo, depth))
         while ahead:
             ts = ahead.popleft().result()
-            if (idx := next(todo, None)) is not None:
-                ahead.append(pool.submit(make, idx))
+            if (item := next(todo, None)) is not None:
+                ahead.append(pool.submit(make, *item))
             yield ts
 
 
@@ -196,6 +208,7 @@ def train_checkpoint(
 
     rng = np.random.default_rng(base)  # reproducible from the checkpoint
     batches = batch_indices(settings, len(window), rng)
+    symmetry_seed = int(rng.integers(2**63)) if settings.train_symmetries else None
     per_epoch = (
         len(batches) if settings.training_mode == "replay" else len(batches) // settings.num_epochs
     )
@@ -210,7 +223,8 @@ def train_checkpoint(
     # On CPU one decoding thread suffices (the step needs the cores); a GPU eats faster.
     workers = min(4, os.cpu_count() or 1) if cuda else 1
     t_loop = time.perf_counter()
-    with contextlib.closing(prefetch(window, batches, pin, workers)) as batch_iter:
+    batch_iter = prefetch(window, batches, pin, workers, symmetry_seed=symmetry_seed)
+    with contextlib.closing(batch_iter):
         for i, (boards, masks, probs, results) in enumerate(batch_iter):
             boards = boards.to(device, non_blocking=pin)  # (B, 11, 11, 10)
             if cuda:

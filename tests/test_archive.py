@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import redis
 from conftest import RedisServer
+from synthetic import game_examples
 
-from hexz_tasks import codec, hexz_pb2, synthetic
+from hexz_tasks import hexz_pb2
 from hexz_tasks.archive import (
     export_to,
     import_files,
@@ -23,7 +24,7 @@ from hexz_tasks.archive import (
     write_request,
 )
 from hexz_tasks.dataset import Dataset
-from hexz_tasks.examples import npy_bytes
+from hexz_tasks.examples import from_columns, npy_bytes, to_columns
 from hexz_tasks.keys import Keys
 from hexz_tasks.store import ExampleStore
 
@@ -38,10 +39,9 @@ def store(redis_client: redis.Redis, test_keys: Keys) -> ExampleStore:
 def _request(
     seed: int, encoding: int = hexz_pb2.TrainingExample.NUMPY
 ) -> hexz_pb2.AddTrainingExamplesRequest:
-    rng = np.random.default_rng(seed)
-    examples = synthetic.game_examples(rng, runs=30, max_moves=30)
+    examples = game_examples(1, seed, runs=30, max_moves=30)[0]
     if encoding == hexz_pb2.TrainingExample.PYTORCH:
-        examples = codec.to_examples(codec.encode_examples(examples, "x"), encoding)
+        examples = from_columns(to_columns(examples, "x"), encoding)
     req = hexz_pb2.AddTrainingExamplesRequest(examples=examples, execution_id=f"run-{seed}")
     req.worker_config.device = "cpu"
     req.worker_config.runs_per_move = 30
@@ -50,7 +50,7 @@ def _request(
 
 def _key(e: hexz_pb2.TrainingExample) -> bytes:
     """What must survive import and export unchanged (priors are float16 in the store)."""
-    e = codec.to_examples(codec.encode_examples([e], "k"))[0]
+    e = from_columns(to_columns([e], "k"))[0]
     e.model_predictions.ClearField("priors")
     return e.SerializeToString()
 

@@ -15,18 +15,11 @@ import redis
 import torch
 from conftest import REPO_ROOT, TEST_PREFIX, Procs, RedisServer, tiny_env
 
-from hexz_tasks.arena import (
-    _t_quantile_975,
-    load_player,
-    paired_score,
-    parse_player,
-    play_match,
-    run_match,
-    stored_games,
-    stored_matches,
-)
+from hexz_tasks.arena import load_player, play_match, run_match, stored_games, stored_matches
+from hexz_tasks.intervals import paired_score, wilson_interval
 from hexz_tasks.keys import Keys
 from hexz_tasks.model import HexzNet, ModelParams, to_scriptmodule_bytes
+from hexz_tasks.players import PlayerSpec, parse_player
 from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
 
@@ -38,7 +31,7 @@ def settings_for(tmp_path: Path, **overrides: object) -> Settings:
 
 
 def players(settings: Settings, a: str, b: str):
-    return [load_player(parse_player(p, settings), settings) for p in (a, b)]
+    return [load_player(parse_player(p, settings.model_name), settings) for p in (a, b)]
 
 
 def without_time(games: list[dict]) -> list[dict]:
@@ -107,47 +100,81 @@ def test_temperature_changes_moves_but_stays_deterministic(tmp_path: Path) -> No
 def test_bad_arguments_are_rejected_with_clear_messages(tmp_path: Path) -> None:
     s = settings_for(tmp_path)
     with pytest.raises(ValueError, match="not a checkpoint number"):
-        parse_player("alphazero", s)
+        parse_player("alphazero", s.model_name)
     with pytest.raises(ValueError, match="even"):
         play_match(*players(s, "random", "random"), 3, 4, 0, s)
     with pytest.raises(ValueError, match="runs per move"):
         play_match(*players(s, "random", "random"), 2, 0, 0, s)
     with pytest.raises(ValueError, match="checkpoint 7"):
-        load_player(parse_player("7", s), s)
+        load_player(parse_player("7", s.model_name), s)
 
 
 # ------------------------------------------------------------------ scores
-
-
-def test_t_quantiles_match_the_table() -> None:
-    table = {
-        1: 12.7062,
-        2: 4.3027,
-        3: 3.1824,
-        4: 2.7764,
-        5: 2.5706,
-        6: 2.4469,
-        10: 2.2281,
-        30: 2.0423,
-        100: 1.9840,
-    }
-    for df, t in table.items():
-        assert _t_quantile_975(df) == pytest.approx(t, abs=2e-3), df
 
 
 def test_paired_interval_on_known_data() -> None:
     pairs = [1.0, 0.5, 0.75, 1.0, 0.25, 1.0]
     mean, low, high = paired_score(pairs)
     assert mean == pytest.approx(0.75)
-    sd = math.sqrt(sum((x - 0.75) ** 2 for x in pairs) / 5)  # 0.3162...
-    half = 2.5706 * sd / math.sqrt(6)
-    assert low == pytest.approx(0.75 - half, abs=1e-3)
-    assert high == pytest.approx(min(1.0, 0.75 + half), abs=1e-3)
-    # Clipped to [0, 1]; identical pairs give a zero-width interval.
-    assert paired_score([1.0, 1.0, 0.75])[2] == 1.0
-    assert paired_score([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
-    with pytest.raises(ValueError):
+    # Sample variance 0.1 over 0.75 * 0.25: deff 0.533, so n_eff = 6 / 0.533 = 11.25.
+    n, z = 6 / (0.1 / 0.1875), 1.959964
+    center = (0.75 + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(0.1875 / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert (low, high) == pytest.approx((center - half, center + half), abs=1e-6)
+    assert wilson_interval(0.75, n) == pytest.approx((low, high))
+
+
+def test_unanimous_pairs_never_give_a_zero_width_interval() -> None:
+    # All won: the Wilson interval of n pairs (deff 1): low = n / (n + z^2).
+    for n in (1, 3, 10, 100):
+        mean, low, high = paired_score([1.0] * n)
+        assert (mean, high) == (1.0, 1.0)
+        assert low == pytest.approx(n / (n + 1.959964**2), abs=1e-6)
+    mean, low, high = paired_score([0.0] * 10)
+    assert (mean, low) == (0.0, 0.0) and high == pytest.approx(1 - 10 / (10 + 1.959964**2))
+    # Every pair split: no sample variance, but the interval stays as wide as that of
+    # independent games (deff 1/2) rather than collapsing.
+    mean, low, high = paired_score([0.5] * 10)
+    assert mean == 0.5 and low == pytest.approx(1 - high) and high - low > 0.3
+    with pytest.raises(ValueError, match="no pairs"):
         paired_score([])
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        paired_score([0.5, 1.5])
+
+
+def simulated_pairs(p: float, n: int, model: str, rng: np.random.Generator) -> np.ndarray:
+    """Pair scores of A (true mean score p) over n boards, games won or lost (no draws).
+
+    "independent": every game won with probability p; "first mover": A's chance is
+    p + d as first player and p - d as second (pairs negatively correlated); "boards":
+    each board has its own chance for A, Beta-distributed around p (positively
+    correlated)."""
+    if model == "independent":
+        chance = np.full((n, 2), p)
+    elif model == "first mover":
+        d = min(0.3, p, 1 - p)
+        chance = np.tile([p + d, p - d], (n, 1))
+    else:
+        q = rng.beta(4 * p, 4 * (1 - p), size=(n, 1)) if p < 1 else np.ones((n, 1))
+        chance = np.repeat(q, 2, axis=1)
+    return (rng.random((n, 2)) < chance).mean(axis=1)
+
+
+@pytest.mark.parametrize("model", ["independent", "first mover", "boards"])
+@pytest.mark.parametrize("p", [0.5, 0.9, 1.0])
+@pytest.mark.parametrize("n", [3, 10, 30])
+def test_paired_interval_coverage_by_simulation(model: str, p: float, n: int) -> None:
+    rng = np.random.default_rng([n, int(100 * p), len(model)])
+    trials = 1000
+    covered = 0
+    for _ in range(trials):
+        _, low, high = paired_score(simulated_pairs(p, n, model, rng))
+        covered += low <= p <= high
+    # Nominal 95 %; the binomial sd of 1000 trials is 0.7 %. Observed: 0.935-1.0
+    # (at p = 1 every interval reaches 1; a t interval covers 0.45 at p = 0.9, n = 3).
+    assert covered >= 0.925 * trials
+    if model == "independent" and p == 0.5 and n >= 10:
+        assert covered <= 0.985 * trials  # not uselessly wide either
 
 
 # ------------------------------------------------------------------ strength
@@ -166,6 +193,43 @@ def test_more_iterations_make_mcts_stronger(tmp_path: Path) -> None:
     s = settings_for(tmp_path)
     summary = play_match(*players(s, "mcts:100", "mcts:4"), 20, 1, seed=1, settings=s).summary()
     assert summary["score"] > 0.75, summary  # observed 0.9-1.0 at seeds 0-5
+
+
+def test_uct_players_parse_with_normalised_labels(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    assert parse_player("uct:0800", s.model_name) == PlayerSpec("uct", "uct:800", iterations=800)
+    assert parse_player(" uct@50", s.model_name) == PlayerSpec("uct", "uct@50", think_ms=50)
+    for bad in ("uct", "uct:", "uct:5@5", "uct:-3", "uct 800"):
+        with pytest.raises(ValueError, match="not a checkpoint number"):
+            parse_player(bad, s.model_name)
+    with pytest.raises(ValueError, match=r"iterations must be in 1\.\.1000000"):
+        parse_player("uct:0", s.model_name)
+    with pytest.raises(ValueError, match="iterations must be in"):
+        parse_player("uct:1000001", s.model_name)
+    with pytest.raises(ValueError, match=r"think time must be in 1\.\.60000 ms"):
+        parse_player("uct@60001", s.model_name)
+
+
+def test_uct_beats_random_and_more_iterations_make_it_stronger(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    vs_random = play_match(*players(s, "uct:100", "random"), 10, 1, seed=0, settings=s)
+    # Observed 0.9-1.0 at seeds 0-3.
+    assert vs_random.summary()["ci"][0] > 0.5, vs_random.summary()
+    more = play_match(*players(s, "uct:1000", "uct:30"), 20, 1, seed=1, settings=s).summary()
+    assert more["score"] > 0.75, more  # observed 1.0 at seeds 0-3
+
+
+def test_uct_matches_are_deterministic_and_mix_with_batched_networks(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    net = tiny_net_file(tmp_path / "net.pt")
+    runs = [
+        play_match(*players(s, str(net), "uct:40"), 4, 8, seed=3, settings=s, uct_threads=t)
+        for t in (1, 2)
+    ]
+    assert without_time(runs[0].games) == without_time(runs[1].games)
+    assert all(g["moves"] > 10 for g in runs[0].games)
+    timed = play_match(*players(s, "uct@5", "random"), 2, 1, seed=3, settings=s).games
+    assert {g["a"] for g in timed} == {"uct@5"} and all(g["moves"] > 10 for g in timed)
 
 
 # ------------------------------------------------------------------ neural players
@@ -193,10 +257,10 @@ def test_a_checkpoint_missing_on_disk_loads_from_redis(
     repo = ModelRepository(tmp_path / "elsewhere", s.model_name)
     repo.ensure_initial(ModelParams("conv2d", 1, 8))
     repo.publish(redis_client, keys, 0)
-    player = load_player(parse_player("0", s), s, redis_client, keys)
+    player = load_player(parse_player("0", s.model_name), s, redis_client, keys)
     assert player.evaluator is not None
     with pytest.raises(ValueError, match="neither in"):
-        load_player(parse_player("1", s), s, redis_client, keys)
+        load_player(parse_player("1", s.model_name), s, redis_client, keys)
 
 
 # ------------------------------------------------------------------ storage, CLI, task

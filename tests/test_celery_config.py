@@ -14,12 +14,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
 import requests
 from conftest import REPO_ROOT, TEST_PREFIX, RedisServer, free_port, tiny_env, wait_for
 from honcho.environ import parse_procfile
+from synthetic import game_columns
 
 from hexz_tasks.celery import (
     ARENA_TASK,
@@ -39,7 +39,6 @@ from hexz_tasks.redis_server import EMBEDDED_PORT, masked_url, redis_url
 from hexz_tasks.settings import Settings, SettingsError
 from hexz_tasks.status import gather_status, print_status
 from hexz_tasks.store import ExampleStore
-from hexz_tasks.synthetic import game_examples
 from hexz_tasks.tasks import feed_selfplay_queue, record_rate, wait_while_training
 
 
@@ -278,8 +277,8 @@ def test_gather_status_reports_counts_rates_models_and_training(
     settings = settings_for(redis_server.url, data_dir=tmp_path / "data")
     r, keys = redis_client, test_keys
     store = ExampleStore(r, keys)
-    rng = np.random.default_rng(1)
-    added = [store.add_game(f"g:{i}", game_examples(rng, runs=4, max_moves=20)) for i in range(3)]
+    games = game_columns(3, seed=1, runs=4, max_moves=20)
+    added = [store.add_game(f"g:{i}", g) for i, g in enumerate(games)]
     now = time.time()
     for n in added:
         record_rate(r, keys, n, now=now - 60)  # last complete minute

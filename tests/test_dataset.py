@@ -7,64 +7,65 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import game_columns, game_examples
 
-from hexz_tasks import codec, synthetic
-from hexz_tasks.dataset import Dataset
-from hexz_tasks.examples import decode_array
+from hexz_tasks import codec
+from hexz_tasks.dataset import Batch, Dataset
+from hexz_tasks.examples import to_columns
 from hexz_tasks.settings import Settings
 from hexz_tasks.training import batch_indices
 
 
 @pytest.fixture(scope="module")
-def examples() -> list:
-    rng = np.random.default_rng(11)
-    return [synthetic.game_examples(rng, runs=40, max_moves=50) for _ in range(5)]
+def examples() -> list[codec.Columns]:
+    """Self-play games, and one batch from the edge (float targets, no root_q)."""
+    games = game_columns(4, seed=11, runs=40, max_moves=50)
+    edge = to_columns(game_examples(1, seed=12, runs=20, max_moves=30)[0], "edge")
+    return [*games[:2], edge, *games[2:]]
 
 
-def _expected(examples: list) -> tuple[np.ndarray, ...]:
-    flat = [e for g in examples for e in g]
-    boards = np.stack([decode_array(e.board, 0, "b") for e in flat])
-    masks = np.stack([decode_array(e.action_mask, 0, "m") for e in flat])
-    probs = np.stack([decode_array(e.move_probs, 0, "p").reshape(-1) for e in flat])
-    results = np.array([e.result for e in flat], np.float32)
-    return boards, masks, probs, results
+def _expected(examples: list[codec.Columns]) -> Batch:
+    """All rows decoded at once (the window gathers them chunk by chunk)."""
+    return codec.decode(codec.concat(examples))
 
 
-def _filled(root: Path, examples: list) -> Dataset:
+def _filled(root: Path, examples: list[codec.Columns]) -> Dataset:
     ds = Dataset(root)
     for i, g in enumerate(examples):
-        ds.append(codec.encode_examples(g, f"g{i}"), last_stream_id=f"{i + 1}-0")
+        ds.append(g, last_stream_id=f"{i + 1}-0")
     return ds
+
+
+def _assert_rows(b: Batch, want: Batch, rows: np.ndarray) -> None:
+    for field in ("boards", "masks", "move_probs", "results", "root_q"):
+        np.testing.assert_array_equal(getattr(b, field), getattr(want, field)[rows], field)
 
 
 def test_window_holds_exactly_the_newest_examples(tmp_path: Path, examples: list) -> None:
     ds = _filled(tmp_path, examples)
-    boards, masks, probs, results = _expected(examples)
-    n = len(results)
+    want = _expected(examples)
+    n = len(want.results)
+    last = codec.num_rows(examples[-1])
     assert ds.count() == n
     assert ds.last_stream_id() == f"{len(examples)}-0"
-    for w in (1, 7, len(examples[-1]), len(examples[-1]) + 3, n - 1, n, n + 100):
+    for w in (1, 7, last, last + 3, n - 1, n, n + 100):
         win = ds.window(w)
         k = min(w, n)
         assert len(win) == k
-        b = win.batch(np.arange(k))
-        np.testing.assert_array_equal(b.boards, boards[n - k :])
-        np.testing.assert_array_equal(b.masks, masks[n - k :])
-        np.testing.assert_array_equal(b.move_probs, probs[n - k :])  # bit for bit
-        np.testing.assert_array_equal(b.results, results[n - k :])
+        _assert_rows(win.batch(np.arange(k)), want, np.arange(n - k, n))  # bit for bit
 
 
 def test_batches_in_any_order_with_repeats(tmp_path: Path, examples: list) -> None:
     ds = _filled(tmp_path, examples)
-    boards, masks, probs, results = _expected(examples)
+    want = _expected(examples)
     win = ds.window(10**6)
     idx = np.random.default_rng(0).integers(0, len(win), 300)
     b = win.batch(idx)
-    np.testing.assert_array_equal(b.boards, boards[idx])
-    np.testing.assert_array_equal(b.masks, masks[idx])
-    np.testing.assert_array_equal(b.move_probs, probs[idx])
-    np.testing.assert_array_equal(b.results, results[idx])
+    _assert_rows(b, want, idx)
     assert b.boards.dtype == np.float32 and b.masks.dtype == bool
+    assert b.root_q.dtype == np.float32 and b.root_q.shape == (300,)
+    from_edge = np.isnan(b.root_q)
+    assert 0 < from_edge.sum() < 300  # the edge batch has none, self-play every one
 
 
 def test_temporary_and_covered_chunks_are_ignored(tmp_path: Path, examples: list) -> None:
@@ -81,9 +82,11 @@ def test_temporary_and_covered_chunks_are_ignored(tmp_path: Path, examples: list
 def test_corrupt_chunk_names_the_file(tmp_path: Path, examples: list) -> None:
     ds = _filled(tmp_path, examples[:1])
     (chunk,) = ds.chunks()
-    chunk.path.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match=re.escape(f"corrupt example chunk {chunk.path}")):
-        ds.window(10)
+    data = chunk.path.read_bytes()
+    for damaged in (b"not a zip", data[: len(data) // 2], data[:-300] + bytes(300)):
+        chunk.path.write_bytes(damaged)
+        with pytest.raises(ValueError, match=re.escape(f"corrupt example chunk {chunk.path}")):
+            ds.window(10)
 
 
 def test_window_mode_batches_cover_every_example_once_per_epoch() -> None:

@@ -12,17 +12,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
 from conftest import REPO_ROOT, TEST_PREFIX, Procs, RedisServer, tiny_env, wait_for
+from synthetic import game_columns
 
 from hexz_tasks.celery import SELFPLAY_QUEUE, SELFPLAY_TASK, TRAIN_TASK, make_app
 from hexz_tasks.keys import Keys
 from hexz_tasks.repository import ModelRepository, fetch_latest
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
-from hexz_tasks.synthetic import game_examples
 from hexz_tasks.tasks import LOCK_TTL_S, ensure_model_published
 
 pytestmark = pytest.mark.slow
@@ -47,11 +46,8 @@ def publish_checkpoint_0(settings: Settings, r: redis.Redis, keys: Keys) -> Mode
 
 def add_synthetic_games(r: redis.Redis, keys: Keys, n: int, seed: int = 0) -> int:
     store = ExampleStore(r, keys)
-    rng = np.random.default_rng(seed)
-    return sum(
-        store.add_game(f"synthetic-{seed}:{i}", game_examples(rng, runs=8, max_moves=60))
-        for i in range(n)
-    )
+    games = game_columns(n, seed, runs=8, max_moves=60)
+    return sum(store.add_game(f"synthetic-{seed}:{i}", g) for i, g in enumerate(games))
 
 
 def stream_entries(r: redis.Redis, keys: Keys) -> list[tuple[str, int]]:

@@ -18,12 +18,12 @@ import termios
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
 from conftest import REPO_ROOT, RedisServer, free_port
+from synthetic import game_examples
 
-from hexz_tasks import hexz_pb2, synthetic
+from hexz_tasks import hexz_pb2
 from hexz_tasks.keys import Keys
 from hexz_tasks.model import ModelParams, make_model, to_scriptmodule_bytes
 from hexz_tasks.store import ExampleStore
@@ -119,12 +119,9 @@ def test_selfplay_shows_games_on_a_terminal_only(tmp_path: Path) -> None:
 
 
 def _archives(tmp_path: Path, n: int) -> list[str]:
-    rng = np.random.default_rng(5)
     paths = []
-    for i in range(n):
-        req = hexz_pb2.AddTrainingExamplesRequest(
-            examples=synthetic.game_examples(rng, runs=30, max_moves=30)
-        )
+    for i, examples in enumerate(game_examples(n, seed=5, runs=30, max_moves=30)):
+        req = hexz_pb2.AddTrainingExamplesRequest(examples=examples)
         path = tmp_path / f"in-{i}.gz"
         path.write_bytes(gzip.compress(req.SerializeToString()))
         paths.append(str(path))

@@ -27,7 +27,7 @@ from hexz_tasks.evaluation import (
 )
 from hexz_tasks.keys import Keys
 from hexz_tasks.model import ModelParams, make_model
-from hexz_tasks.ratings import fit_bradley_terry, rating_curve, status_ratings
+from hexz_tasks.ratings import fit_bradley_terry, fit_stored, rating_curve, status_ratings
 from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
 
@@ -71,6 +71,23 @@ def test_interval_coverage_over_repeated_fits() -> None:
         rt = fit_bradley_terry(synthetic_games(true, 200, seed=seed), anchor="a")["b"]
         covered += rt.low <= 200.0 <= rt.high
     assert covered >= 34  # nominal 95 %: 38 of 40; 34 leaves room for chance
+
+
+@pytest.mark.parametrize("p", [0.5, 0.9, 0.97])
+@pytest.mark.parametrize("n", [6, 20])
+def test_interval_coverage_at_the_extremes_with_few_games(p: float, n: int) -> None:
+    """Arena scores near 1 from a few games must not give intervals that exclude the
+    truth: the Hessian intervals (with the weak prior) still cover about 95 %."""
+    true = 400 * np.log10(p / (1 - p))
+    rng = np.random.default_rng([n, int(100 * p)])
+    trials = 300
+    covered = 0
+    for _ in range(trials):
+        wins = int(rng.binomial(n, p))
+        games = [("a", "b", 1.0)] * wins + [("a", "b", 0.0)] * (n - wins)
+        rt = fit_bradley_terry(games, anchor="b")["a"]
+        covered += rt.low <= true <= rt.high
+    assert covered >= 0.9 * trials  # observed 0.94-1.0 (binomial sd of 300 trials: 1.3 %)
 
 
 def test_a_clean_sweep_stays_finite_and_the_anchor_defaults_to_the_first_name() -> None:
@@ -175,6 +192,24 @@ def test_plan_ties_each_checkpoint_to_the_anchor_baseline_neighbour_and_promoted
     assert planned_matches([0, 1, 2, 3, 4, 5], None, {1, 3})[:6] == [
         (3, "0"), (3, "mcts"), (3, "1"), (5, "0"), (5, "mcts"), (5, "3"),
     ]  # fmt: skip
+    # The baselines of HEXZ_ARENA_BASELINES, in their order (none: checkpoints only).
+    assert planned_matches([0, 1, 2], None, baselines=("uct:800", "mcts")) == [
+        (2, "0"), (2, "uct:800"), (2, "mcts"), (2, "1"), (1, "0"), (1, "uct:800"), (1, "mcts"),
+    ]  # fmt: skip
+    assert planned_matches([0, 1], None, baselines=()) == [(1, "0")]
+
+
+def test_uct_baselines_are_played_and_rated(tmp_path: Path, redis_client: redis.Redis) -> None:
+    s = tiny_settings(tmp_path, arena_baselines="uct:20")
+    assert s.arena_baseline_labels() == ["uct:20"]
+    make_checkpoints(s, 2)
+    ticks = [run_evaluation_tick(s, redis_client, KEYS)["match"] for _ in range(3)]
+    assert [t["match"] if t else None for t in ticks] == [
+        match_id(s, 1, "0"), match_id(s, 1, "uct:20"), None
+    ]  # fmt: skip
+    ratings, _ = fit_stored(s, redis_client, KEYS)
+    assert set(ratings) == {"evalm:0", "evalm:1", "uct:20"}
+    assert ratings["uct:20"].games == 2
 
 
 def test_a_checkpoint_under_evaluation_finishes_before_a_newer_one_starts(

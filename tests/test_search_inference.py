@@ -10,13 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from hexz_tasks.inference import Evaluator, fold_batch_norm, rebuild_as_hexznet, sample_positions
-from hexz_tasks.model import HexzNet, load_scriptmodule, to_scriptmodule_bytes
+from hexz_tasks import architectures
+from hexz_tasks.inference import Evaluator, fold_batch_norm, sample_positions
+from hexz_tasks.model import (
+    HexzNet,
+    ModelError,
+    ModelParams,
+    load_scripted,
+    to_scriptmodule_bytes,
+)
 
 FAST = ("onnx", "folded_cl")  # what "auto" picks on a CPU, with and without onnxruntime
-FIXTURE_MODEL = (
-    Path(__file__).resolve().parent / "data" / "original-conv2d5-scriptmodule.pt"
-)
+FIXTURE_MODEL = Path(__file__).resolve().parent / "data" / "original-conv2d5-scriptmodule.pt"
 
 
 def trained_looking(net: HexzNet) -> HexzNet:
@@ -43,7 +48,11 @@ def positions() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_fixture_model_is_rebuilt_folded_and_matches(positions) -> None:
-    ev = Evaluator(FIXTURE_MODEL)
+    """The original project's file names no ModelParams: it runs as loaded unless the
+    caller names them; then its weights (in the original's layout) fill a HexzNet."""
+    assert load_scripted(FIXTURE_MODEL)[1] is None
+    assert Evaluator(FIXTURE_MODEL).mode == "plain"
+    ev = Evaluator(FIXTURE_MODEL, params=ModelParams("conv2d", 5, 128))
     assert ev.mode in FAST
     boards, masks = positions
     priors, values = ev(boards, masks)
@@ -62,10 +71,12 @@ def test_our_network_in_any_form(model_type: str, positions) -> None:
     net = trained_looking(HexzNet(model_type, 3, 16))
     boards, masks = positions
     p0, v0 = reference(net, boards, masks)
-    script = load_scriptmodule(to_scriptmodule_bytes(net))
-    for source in (net, script, to_scriptmodule_bytes(net)):
-        ev = Evaluator(source)
-        assert ev.mode in FAST
+    data = to_scriptmodule_bytes(net)
+    script, params = load_scripted(data)
+    assert params == ModelParams(model_type, 3, 16)  # the file says what it is
+    evaluators = [Evaluator(net), Evaluator(data), Evaluator(script, params=params)]
+    for ev in [*evaluators, Evaluator(script)]:
+        assert ev.mode in FAST if ev.params is not None else ev.mode == "plain"
         priors, values = ev(boards, masks)
         assert np.abs(priors - p0).max() < 1e-4 and np.abs(values - v0).max() < 1e-4
 
@@ -116,13 +127,39 @@ def test_other_models_run_as_loaded(positions) -> None:
     model = Foreign()
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(model), buf)
-    assert rebuild_as_hexznet(model) is None
-    ev = Evaluator(buf.getvalue())
-    assert ev.mode == "plain"
+    wrongly_named = Evaluator(buf.getvalue(), params=ModelParams("conv2d", 1, 8))
+    for ev in (Evaluator(buf.getvalue()), Evaluator(model), wrongly_named):
+        assert ev.mode == "plain"
+        boards, masks = positions
+        priors, values = ev(boards, masks)
+        p0, v0 = reference(model, boards, masks)
+        assert np.allclose(priors, p0, atol=1e-6) and np.allclose(values, v0, atol=1e-6)
+
+
+class Wide(nn.Module):
+    """A torso for the registry test: one wide convolution and a batch norm."""
+
+    def __init__(self, filters: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(11, filters, 5, padding=2, bias=False), nn.BatchNorm2d(filters), nn.ReLU()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_a_new_architecture_is_one_registry_entry(monkeypatch, positions) -> None:
+    monkeypatch.setitem(architectures.ARCHITECTURES, "wide", lambda blocks, f: [Wide(f)])
+    net = trained_looking(HexzNet("wide", 1, 12))
+    data = to_scriptmodule_bytes(net)
+    assert load_scripted(data)[1] == ModelParams("wide", 1, 12)
+    ev = Evaluator(data)
+    assert ev.mode in FAST
     boards, masks = positions
+    p0, v0 = reference(net, boards, masks)
     priors, values = ev(boards, masks)
-    p0, v0 = reference(model, boards, masks)
-    assert np.allclose(priors, p0, atol=1e-6) and np.allclose(values, v0, atol=1e-6)
+    assert np.abs(priors - p0).max() < 1e-4 and np.abs(values - v0).max() < 1e-4
 
 
 def test_evaluator_leaves_the_callers_model_alone(positions) -> None:
@@ -134,8 +171,12 @@ def test_evaluator_leaves_the_callers_model_alone(positions) -> None:
 
 
 def test_bad_input() -> None:
-    with pytest.raises(ValueError, match="TorchScript"):
+    with pytest.raises(ModelError, match="TorchScript"):
         Evaluator(b"not a model")
+    with pytest.raises(ModelError, match="unknown model_type 'mlp': one of conv2d, resnet"):
+        ModelParams("mlp", 1, 8)
+    with pytest.raises(ModelError, match="unknown model parameter"):
+        ModelParams.from_dict({"model_type": "conv2d", "depth": 3})
     with pytest.raises(ValueError, match="mode"):
         Evaluator(HexzNet("conv2d", 1, 8), mode="fastest")
     ev = Evaluator(HexzNet("conv2d", 1, 8))

@@ -24,7 +24,8 @@ from test_server_support import (
     torch_bytes,
 )
 
-from hexz_tasks import codec, hexz_pb2
+from hexz_tasks import hexz_pb2
+from hexz_tasks.examples import from_columns
 from hexz_tasks.model import ModelParams, load_scriptmodule, make_model
 
 Status = hexz_pb2.AddTrainingExamplesResponse.Status
@@ -39,7 +40,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 def stored_examples(running: Running) -> list[hexz_pb2.TrainingExample]:
     out = []
     for _, cols in running.servers.state.store.pending_entries(None, count=10_000):
-        out.extend(codec.to_examples(cols))
+        out.extend(from_columns(cols))
     return out
 
 

@@ -3,7 +3,6 @@ loopback ports with its own redis-server, and real boards and examples to send i
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Iterator
@@ -15,12 +14,11 @@ import grpc
 import numpy as np
 import pytest
 import redis
-import torch
 from conftest import TEST_PREFIX, RedisServer
 
 from hexz_tasks import hexz_pb2, hexz_pb2_grpc
 from hexz_tasks.engine import Board, encode_proto
-from hexz_tasks.examples import npy_bytes
+from hexz_tasks.examples import npy_bytes, torch_bytes
 from hexz_tasks.keys import Keys
 from hexz_tasks.server import Servers, start_servers
 from hexz_tasks.settings import Settings
@@ -158,12 +156,6 @@ def finished_board(seed: int) -> Board:
 
 
 # ----------------------------------------------------------------- examples
-
-
-def torch_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    torch.save(torch.from_numpy(np.ascontiguousarray(a)), buf)
-    return buf.getvalue()
 
 
 def game_examples(

@@ -56,11 +56,22 @@ def test_values_are_parsed_by_type():
         ({"HEXZ_LR_SCHEDULE": "0:0.2,x"}, "HEXZ_LR_SCHEDULE"),
         ({"HEXZ_RUNS_PER_MOOVE": "5"}, "HEXZ_RUNS_PER_MOOVE"),
         ({"HEXZ_MODEL_NAME": "../escape"}, "HEXZ_MODEL_NAME"),
+        ({"HEXZ_ARENA_BASELINES": "mcts,alphazero"}, "HEXZ_ARENA_BASELINES: 'alphazero'"),
+        ({"HEXZ_ARENA_BASELINES": "uct:0"}, "HEXZ_ARENA_BASELINES: player 'uct:0'"),
+        ({"HEXZ_ARENA_BASELINES": "mcts,"}, "HEXZ_ARENA_BASELINES: ''"),
+        ({"HEXZ_FPU_REFERENCE": "sometimes"}, "HEXZ_FPU_REFERENCE"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(env, named):
     with pytest.raises(SettingsError, match=named):
         Settings.from_env(env)
+
+
+def test_arena_baselines_are_labelled_as_in_stored_games():
+    assert Settings.from_env({}).arena_baseline_labels() == ["mcts"]
+    s = Settings.from_env({"HEXZ_ARENA_BASELINES": " mcts:64, uct:0800,uct@50,uct:800"})
+    assert s.arena_baseline_labels() == ["mcts:64", "uct:800", "uct@50"]
+    assert Settings.from_env({"HEXZ_ARENA_BASELINES": " "}).arena_baseline_labels() == []
 
 
 def test_foreign_hexz_variables_are_left_alone():

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import redis
 from conftest import RedisServer
+from synthetic import game_columns, game_examples
 
-from hexz_tasks import codec, hexz_pb2, synthetic
+from hexz_tasks import codec, hexz_pb2
 from hexz_tasks.dataset import Dataset
-from hexz_tasks.examples import npy_bytes
+from hexz_tasks.examples import from_columns, npy_bytes
 from hexz_tasks.keys import Keys
 from hexz_tasks.repository import ModelRepository
 from hexz_tasks.store import ExampleStore, StoreFullError
@@ -39,27 +40,25 @@ def keys(test_keys: Keys) -> Keys:
     return test_keys
 
 
-def games(n: int, seed: int = 0, model_key: tuple[str, int] = ("flagz", 0)) -> list[list]:
-    rng = np.random.default_rng(seed)
-    return [
-        synthetic.game_examples(rng, runs=30, max_moves=40, model_key=model_key) for _ in range(n)
-    ]
+def games(n: int, seed: int = 0, model_key: tuple[str, int] = ("flagz", 0)) -> list[codec.Columns]:
+    return game_columns(n, seed, runs=30, max_moves=40, model=model_key)
 
 
-def unix_micros_of(cols: codec.Columns) -> list[int]:
-    return cols["unix_micros"].tolist()
+def rows(games: list[codec.Columns]) -> int:
+    return sum(map(codec.num_rows, games))
 
 
 def test_add_game_is_idempotent_and_counts(r: redis.Redis, keys: Keys) -> None:
     store = ExampleStore(r, keys, settle_ms=0)
     g = games(2)
-    assert store.add_game("a", g[0]) == len(g[0])
+    assert store.add_game("a", g[0]) == rows(g[:1])
     assert store.add_game("a", g[0]) == 0  # redelivered task
-    assert store.add_game("b", g[1]) == len(g[1])
-    assert store.add_examples("req-1", g[1][:5]) == 5
-    assert store.add_examples("req-1", g[1][:5]) == 0
+    assert store.add_game("b", g[1]) == rows(g[1:])
+    edge = from_columns(g[1])[:5]
+    assert store.add_examples("req-1", edge) == 5
+    assert store.add_examples("req-1", edge) == 0
     c = store.counters()
-    total = len(g[0]) + len(g[1]) + 5
+    total = rows(g) + 5
     assert (c["examples"], c["games"], c["batches"], c["pending"]) == (total, 2, 1, total)
     assert r.xlen(keys.examples_stream) == 3
     # Counters live in Redis, not in the object: a new store (a restarted process) sees them.
@@ -81,8 +80,8 @@ def test_concurrent_adds_of_one_game_store_it_once(
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results) == [0] * 7 + [len(g)]
-    assert ExampleStore(r, keys, settle_ms=0).total_examples() == len(g)
+    assert sorted(results) == [0] * 7 + [codec.num_rows(g)]
+    assert ExampleStore(r, keys, settle_ms=0).total_examples() == codec.num_rows(g)
 
 
 def _bad(example: hexz_pb2.TrainingExample, field: str, value: np.ndarray) -> None:
@@ -103,50 +102,43 @@ def test_invalid_examples_are_rejected_naming_the_example(
     r: redis.Redis, keys: Keys, field: str, value: np.ndarray, message: str
 ) -> None:
     store = ExampleStore(r, keys, settle_ms=0)
-    g = games(1)[0]
+    g = game_examples(1, seed=0, runs=30, max_moves=40)[0]
     _bad(g[3], field, value)
-    with pytest.raises(ValueError, match=rf"game g7 example 3: .*{message}"):
-        store.add_game("g7", g)
+    with pytest.raises(ValueError, match=rf"batch g7 example 3: .*{message}"):
+        store.add_examples("g7", g)
     assert store.counters()["examples"] == 0
     assert r.xlen(keys.examples_stream) == 0
 
 
 def test_move_probs_not_summing_to_one_are_rejected(r: redis.Redis, keys: Keys) -> None:
-    g = games(1)[0]
-    probs = codec.decode_move_probs(*_counts_of(g[2]))
+    (cols,) = games(1)
+    g = from_columns(cols)
+    probs = codec.decode(codec.take_rows(cols, np.array([2]))).move_probs[0]
     _bad(g[2], "move_probs", (probs * 0.5).reshape(2, 11, 10))
-    with pytest.raises(ValueError, match="game x example 2: move_probs do not sum to 1"):
-        ExampleStore(r, keys, settle_ms=0).add_game("x", g)
-
-
-def _counts_of(ex: hexz_pb2.TrainingExample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cols = codec.encode_examples([ex], "t")
-    masks = codec.unpack_masks(cols["mask"]).reshape(1, -1)
-    dense = np.zeros((1, 220), np.uint16)
-    dense[masks] = cols["counts"]
-    return dense, cols["probs_exc_rows"], cols["probs_exc"]
+    with pytest.raises(ValueError, match="batch x example 2: move_probs do not sum to 1"):
+        ExampleStore(r, keys, settle_ms=0).add_examples("x", g)
 
 
 def test_backpressure_raises_when_full_and_resumes_after_drain(
     r: redis.Redis, keys: Keys, tmp_path: Path
 ) -> None:
     g = games(3)
-    bound = len(g[0]) + len(g[1]) // 2
+    bound = rows(g[:1]) + rows(g[1:2]) // 2
     store = ExampleStore(r, keys, max_pending=bound, full_wait_s=0.2, settle_ms=0)
-    assert store.add_game("0", g[0]) == len(g[0])
+    assert store.add_game("0", g[0]) == rows(g[:1])
     with pytest.raises(StoreFullError, match="example store full"):
         store.add_game("1", g[1])
-    assert store.counters()["pending"] == len(g[0])  # nothing half-added
+    assert store.counters()["pending"] == rows(g[:1])  # nothing half-added
     store.drain(Dataset(tmp_path / "ds"))
     assert store.counters()["pending"] == 0
-    assert store.add_game("1", g[1]) == len(g[1])
+    assert store.add_game("1", g[1]) == rows(g[1:2])
 
 
 def test_backpressure_waits_for_the_trainer(
     r: redis.Redis, redis_server: RedisServer, keys: Keys, tmp_path: Path
 ) -> None:
     g = games(2)
-    store = ExampleStore(r, keys, max_pending=len(g[0]), full_wait_s=60, settle_ms=0)
+    store = ExampleStore(r, keys, max_pending=rows(g[:1]), full_wait_s=60, settle_ms=0)
     store.add_game("0", g[0])
     drained = threading.Event()
 
@@ -159,10 +151,10 @@ def test_backpressure_waits_for_the_trainer(
 
     t = threading.Thread(target=trainer)
     t.start()
-    assert store.add_game("1", g[1]) == len(g[1])  # blocked until the drain made room
+    assert store.add_game("1", g[1]) == rows(g[1:])  # blocked until the drain made room
     t.join()
     assert drained.is_set()
-    assert store.counters()["examples"] == len(g[0]) + len(g[1])
+    assert store.counters()["examples"] == rows(g)
 
 
 def test_drain_moves_everything_once_and_archives_per_checkpoint(
@@ -176,7 +168,7 @@ def test_drain_moves_everything_once_and_archives_per_checkpoint(
     for i, g in enumerate(g0 + g_other):
         store.add_game(str(i), g)
     ds = Dataset(repo.examples_store_dir)
-    n = sum(map(len, g0 + g_other))
+    n = rows(g0 + g_other)
     assert store.drain(ds, repo) == n
     assert ds.count() == n
     assert r.xlen(keys.examples_stream) == 0
@@ -185,7 +177,7 @@ def test_drain_moves_everything_once_and_archives_per_checkpoint(
 
     (archive,) = (repo.checkpoint_dir(0) / "examples").glob("*.gz")
     req = hexz_pb2.AddTrainingExamplesRequest.FromString(gzip.decompress(archive.read_bytes()))
-    want = [e for g in g0 for e in g]
+    want = [e for g in g0 for e in from_columns(g)]
     assert len(req.examples) == len(want)
     for a, b in zip(req.examples, want, strict=True):
         assert (a.board, a.move_probs, a.action_mask, a.result) == (
@@ -197,7 +189,7 @@ def test_drain_moves_everything_once_and_archives_per_checkpoint(
         assert (a.move, a.model_key, a.stats, a.turn) == (b.move, b.model_key, b.stats, b.turn)
     (other,) = (repo.model_dir / "examples-other" / "flagz-7" / "examples").glob("*.gz")
     req = hexz_pb2.AddTrainingExamplesRequest.FromString(gzip.decompress(other.read_bytes()))
-    assert len(req.examples) == len(g_other[0])
+    assert len(req.examples) == rows(g_other)
 
 
 def _tiny_params():
@@ -232,7 +224,7 @@ def test_crash_between_chunk_write_and_trim_neither_loses_nor_doubles(
     ds = Dataset(root)
     store.drain(ds, repo)
     stored = np.concatenate([ds.read_chunk(c)["unix_micros"] for c in ds.chunks()])
-    want = [e.unix_micros for x in g for e in x]
+    want = np.concatenate([x["unix_micros"] for x in g]).tolist()
     assert sorted(stored.tolist()) == sorted(want)
     assert r.xlen(keys.examples_stream) == 0
     assert store.counters()["pending"] == 0
@@ -286,12 +278,11 @@ def test_many_small_drains_are_compacted(r: redis.Redis, keys: Keys, tmp_path: P
         store.add_game(str(i), x)
         store.drain(ds, repo)
     assert len(ds.chunks()) < 6
-    assert ds.count() == sum(map(len, g))
+    assert ds.count() == rows(g)
     w = ds.window(10**6)
     assert len(w) == ds.count()
     np.testing.assert_array_equal(
-        w.batch(np.arange(len(w))).results,
-        np.array([e.result for x in g for e in x], np.float32),
+        w.batch(np.arange(len(w))).results, np.concatenate([x["result"] for x in g])
     )
 
 
@@ -303,4 +294,4 @@ def test_drain_leaves_entries_younger_than_the_settle_time(
     ds = Dataset(tmp_path / "ds")
     assert ExampleStore(r, keys, settle_ms=60_000).drain(ds) == 0  # not yet in the AOF
     assert r.xlen(keys.examples_stream) == 1
-    assert ExampleStore(r, keys, settle_ms=0).drain(ds) == len(g)
+    assert ExampleStore(r, keys, settle_ms=0).drain(ds) == codec.num_rows(g)

@@ -8,13 +8,12 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
 import torch
+from synthetic import game_columns
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from hexz_tasks import synthetic
 from hexz_tasks.arena import store_game
 from hexz_tasks.celery import SELFPLAY_QUEUE
 from hexz_tasks.keys import Keys
@@ -71,11 +70,8 @@ def one_thread() -> None:
 
 
 def _add_games(store: ExampleStore, n: int, seed: int) -> int:
-    rng = np.random.default_rng(seed)
-    return sum(
-        store.add_game(f"{seed}-{i}", synthetic.game_examples(rng, runs=40, max_moves=60))
-        for i in range(n)
-    )
+    games = game_columns(n, seed, runs=40, max_moves=60)
+    return sum(store.add_game(f"{seed}-{i}", g) for i, g in enumerate(games))
 
 
 def test_training_runs_write_the_trainer_curves(

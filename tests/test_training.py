@@ -12,8 +12,9 @@ import redis
 import torch
 import torch.nn.functional as F
 from conftest import wait_for_examples_to_settle
+from synthetic import game_columns
 
-from hexz_tasks import synthetic
+from hexz_tasks import codec
 from hexz_tasks.dataset import Dataset
 from hexz_tasks.keys import Keys
 from hexz_tasks.repository import ModelRepository
@@ -50,12 +51,8 @@ def _settings(tmp_path: Path, **kw) -> Settings:
 
 
 def _add_games(store: ExampleStore, n: int, seed: int) -> int:
-    rng = np.random.default_rng(seed)
-    total = 0
-    for i in range(n):
-        g = synthetic.game_examples(rng, runs=40, max_moves=60)
-        total += store.add_game(f"{seed}-{i}", g)
-    return total
+    games = game_columns(n, seed, runs=40, max_moves=60)
+    return sum(store.add_game(f"{seed}-{i}", g) for i, g in enumerate(games))
 
 
 def _loss(model: torch.nn.Module, ds: Dataset) -> float:
@@ -141,9 +138,8 @@ def test_replay_mode_one_step_of_sampled_batches(tmp_path: Path, store: ExampleS
         tmp_path, training_mode="replay", replay_buffer_size=256, replay_buffer_reuse=2
     )  # a step every 128 new examples, 256 / 64 = 4 batches
     repo = ModelRepository(s.repo_base_dir, s.model_name)
-    rng = np.random.default_rng(5)
-    g = synthetic.game_examples(rng, runs=40, max_moves=100)[:100]
-    store.add_game("small", g)
+    g = codec.concat(game_columns(3, seed=5, runs=40, max_moves=100))
+    store.add_game("small", codec.take_rows(g, np.arange(100)))
     assert train_once(s, store, repo) is None  # 100 < 128
     _add_games(store, 5, seed=6)
     stats = train_once(s, store, repo)

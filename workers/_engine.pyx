@@ -13,10 +13,39 @@ from libc.stdint cimport int8_t, uint8_t, uint64_t
 from libcpp.vector cimport vector
 
 from cboard cimport Board as CBoard, Move, Rng
+cimport cboard
 
-ROWS = 11
-COLS = 10
-CHANNELS = 11
+ROWS = cboard.kRows
+COLS = cboard.kCols
+CHANNELS = cboard.kChannels
+
+# The C++ layout constants (workers/engine/layout.h) under hexz_tasks.layout's names,
+# for the test that the two agree.
+LAYOUT = {
+    "ROWS": cboard.kRows,
+    "COLS": cboard.kCols,
+    "CELLS": cboard.kCells,
+    "VALID_CELLS": cboard.kValidCells,
+    "INITIAL_FLAGS": cboard.kInitialFlags,
+    "CHANNELS": cboard.kChannels,
+    "PLAYER_CHANNELS": cboard.kPlayerChannels,
+    "CH_FLAG": cboard.kChFlag,
+    "CH_VALUE": cboard.kChValue,
+    "CH_BLOCKED": cboard.kChBlocked,
+    "CH_NEXT": cboard.kChNext,
+    "CH_FLAGS_LEFT": cboard.kChFlagsLeft,
+    "CH_GRASS": cboard.kChGrass,
+    "MOVE_TYPES": cboard.kMoveTypes,
+    "POLICY_SIZE": cboard.kPolicySize,
+    "MASK_BYTES": cboard.kMaskBytes,
+    "PACK_FLAG_SHIFT": cboard.kPackFlagShift,
+    "PACK_BLOCKED_SHIFT": cboard.kPackBlockedShift,
+    "PACK_VALUE_SHIFT": cboard.kPackValueShift,
+    "PACK_NEXT_SHIFT": cboard.kPackNextShift,
+    "GRASS_BYTES": cboard.kGrassBytes,
+    "WIRE_CELL_TYPE_FLAG": cboard.kWireCellTypeFlag,
+    "WIRE_CELL_TYPE_NORMAL": cboard.kWireCellTypeNormal,
+}
 
 cdef uint64_t _MASK64 = 0xFFFFFFFFFFFFFFFF
 
@@ -102,6 +131,19 @@ cdef class Board:
         cdef float[:, :, ::1] view = out
         self.c.Encode(p, &view[0, 0, 0])
         return out
+
+    def packed(self, player):
+        """(cells (2, 110), grass (55,), flags_left (2,)) uint8: the example store's
+        packed board from `player`'s view (hexz_tasks.layout)."""
+        cdef int p = _player(player)
+        cells = np.empty((2, cboard.kCells), dtype=np.uint8)
+        grass = np.empty(cboard.kGrassBytes, dtype=np.uint8)
+        flags_left = np.empty(2, dtype=np.uint8)
+        cdef uint8_t[:, ::1] cv = cells
+        cdef uint8_t[::1] gv = grass
+        cdef uint8_t[::1] fv = flags_left
+        self.c.Pack(p, &cv[0, 0], &gv[0], &fv[0])
+        return cells, grass, flags_left
 
     def action_mask(self, player):
         """The (2, 11, 10) bool mask of legal moves: [0] flags, [1] normal moves."""

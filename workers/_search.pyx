@@ -10,24 +10,25 @@ import time
 
 import numpy as np
 
-from cython.operator cimport dereference as deref
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from libcpp.vector cimport vector
 
-from cboard cimport Board, Move, kPolicySize, kTensorSize
+from cboard cimport (
+    Board, Move, kChannels, kCells, kCols, kGrassBytes, kMaskBytes, kMoveTypes, kPolicySize,
+    kRows, kTensorSize,
+)
 from csearch cimport (
-    Example, GameRecord, GameSeed, Mcts, Node, SearchParams, SearchStats, SelfPlayDriver,
-    SelfPlayParams,
+    ExampleColumns, GameRecord, GameSeed, Mcts, Node, SearchParams, SearchStats,
+    SelfPlayDriver, SelfPlayParams, kStatsInts,
 )
 
-BOARD_SHAPE = (11, 11, 10)
-MASK_SHAPE = (2, 11, 10)
-POLICY_SIZE = 220
-STATS_FIELDS = (
-    "valid_moves", "visit_count", "visited_children", "search_depth", "search_tree_size",
-    "branch_nodes", "min_child_vc", "max_child_vc",
-)
+from hexz_tasks import codec
+
+BOARD_SHAPE = (kChannels, kRows, kCols)
+MASK_SHAPE = (kMoveTypes, kRows, kCols)
+# Entries per example of ExampleColumns::stats (codec.STATS_FIELDS).
+STATS_INTS = kStatsInts
 
 cdef uint64_t _MASK64 = 0xFFFFFFFFFFFFFFFF
 
@@ -41,7 +42,7 @@ cdef uint64_t _seed(seed) except? 0:
 cdef SearchParams _search_params(
     float uct_c, float initial_root_q_value, float initial_q_penalty,
     float dirichlet_concentration, int random_playouts, bint end_game_when_stuck,
-    bint eval_cache,
+    bint eval_cache, bint fpu_reference,
 ) except *:
     if dirichlet_concentration < 0:
         raise ValueError(f"dirichlet_concentration must be >= 0, got {dirichlet_concentration}")
@@ -56,6 +57,7 @@ cdef SearchParams _search_params(
     p.random_playouts = random_playouts
     p.end_game_when_stuck = end_game_when_stuck
     p.eval_cache = eval_cache
+    p.fpu_reference = fpu_reference
     return p
 
 
@@ -67,10 +69,7 @@ cdef Board _board_from(board) except *:
     if a.shape != BOARD_SHAPE:
         raise ValueError(f"board must have shape {BOARD_SHAPE}, got {a.shape}")
     cdef const float[:, :, ::1] v = a
-    try:
-        return Board.FromTensor(&v[0, 0, 0])
-    except RuntimeError as e:
-        raise ValueError(f"invalid board: {e}") from None
+    return Board.FromTensor(&v[0, 0, 0])
 
 
 cdef object _stats_dict(const SearchStats& s):
@@ -108,13 +107,13 @@ cdef class Search:
         self, board, int player=0, seed=0, *, float uct_c=1.5,
         float initial_root_q_value=-0.2, float initial_q_penalty=0.3,
         float dirichlet_concentration=0.0, int random_playouts=0,
-        bint end_game_when_stuck=False, bint eval_cache=True,
+        bint end_game_when_stuck=False, bint eval_cache=True, bint fpu_reference=False,
     ):
         if player != 0 and player != 1:
             raise ValueError(f"player must be 0 or 1, got {player}")
         cdef SearchParams p = _search_params(
             uct_c, initial_root_q_value, initial_q_penalty, dirichlet_concentration,
-            random_playouts, end_game_when_stuck, eval_cache,
+            random_playouts, end_game_when_stuck, eval_cache, fpu_reference,
         )
         cdef Board b = _board_from(board)
         self.c = new Mcts(p, _seed(seed))
@@ -280,67 +279,45 @@ cdef class Search:
         return self.c.TreeSize()
 
 
-cdef object _game_dict(GameRecord& g):
-    cdef int k = g.examples.size()
-    cdef int i, j
-    boards = np.empty((k, *BOARD_SHAPE), dtype=np.float32)
-    masks = np.empty((k, *MASK_SHAPE), dtype=bool)
-    move_probs = np.empty((k, *MASK_SHAPE), dtype=np.float32)
-    priors = np.empty((k, *MASK_SHAPE), dtype=np.float32)
-    cdef float[:, :, :, ::1] bv = boards
-    cdef uint8_t[:, :, :, ::1] mv = masks.view(np.uint8)
-    cdef float[:, :, :, ::1] pv = move_probs
-    cdef float[:, :, :, ::1] qv = priors
-    values = np.empty(k, dtype=np.float32)
-    turns = np.empty(k, dtype=np.int32)
-    move_numbers = np.empty(k, dtype=np.int32)
-    moves = np.empty((k, 4), dtype=np.int32)
-    results = np.empty(k, dtype=np.float32)
-    unix_micros = np.empty(k, dtype=np.int64)
-    duration_micros = np.empty(k, dtype=np.int64)
-    selected_child_vc = np.empty(k, dtype=np.int32)
-    selected_child_q = np.empty(k, dtype=np.float32)
-    stats = []
-    cdef Example* e
-    for i in range(k):
-        e = &g.examples[i]
-        memcpy(&bv[i, 0, 0, 0], e.board(), kTensorSize * sizeof(float))
-        memcpy(&mv[i, 0, 0, 0], e.mask(), kPolicySize)
-        memcpy(&pv[i, 0, 0, 0], e.move_probs(), kPolicySize * sizeof(float))
-        memcpy(&qv[i, 0, 0, 0], e.priors(), kPolicySize * sizeof(float))
-        values[i] = e.value
-        turns[i] = e.turn
-        move_numbers[i] = e.move_number
-        moves[i] = (e.move.typ, e.move.r, e.move.c, e.move.value)
-        results[i] = e.result
-        unix_micros[i] = e.unix_micros
-        duration_micros[i] = e.duration_micros
-        selected_child_vc[i] = e.selected_child_vc
-        selected_child_q[i] = e.selected_child_q
-        stats.append(_stats_dict(e.stats))
+cdef object _column(const void* data, size_t nbytes, dtype, shape):
+    """A NumPy array of `shape` holding a copy of a C++ vector's bytes."""
+    out = np.empty(shape, dtype=dtype)
+    if out.nbytes != nbytes:
+        raise RuntimeError(f"engine column of {nbytes} bytes does not fit {shape} {dtype}")
+    cdef uint8_t[::1] view = out.reshape(-1).view(np.uint8)
+    if nbytes:
+        memcpy(&view[0], data, nbytes)
+    return out
+
+
+cdef object _engine_columns(ExampleColumns& e):
+    """The engine's columns of one game (see selfplay.h), one copy each."""
+    cdef size_t n = e.size()
+    cdef size_t legal = e.counts.size()
+    cdef size_t depths0 = e.nodes_per_depth.size()
+    cdef size_t depths1 = e.max_visit_count_per_depth.size()
     return {
-        "index": g.index,
-        "result": g.result,
-        "score": (g.score[0], g.score[1]),
-        "num_moves": g.num_moves,
-        "evaluations": g.evaluations,
-        "cache_hits": g.cache_hits,
-        "fast_moves": g.fast_moves,
-        "resigned": g.resigned,
-        "boards": boards,
-        "masks": masks,
-        "move_probs": move_probs,
-        "priors": priors,
-        "values": values,
-        "turns": turns,
-        "move_numbers": move_numbers,
-        "moves": moves,
-        "results": results,
-        "unix_micros": unix_micros,
-        "duration_micros": duration_micros,
-        "selected_child_vc": selected_child_vc,
-        "selected_child_q": selected_child_q,
-        "stats": stats,
+        "board_cells": _column(e.board_cells.data(), n * 2 * kCells, np.uint8, (n, 2, kCells)),
+        "board_grass": _column(e.board_grass.data(), n * kGrassBytes, np.uint8, (n, kGrassBytes)),
+        "flags_left": _column(e.flags_left.data(), n * 2, np.uint8, (n, 2)),
+        "mask": _column(e.mask.data(), n * kMaskBytes, np.uint8, (n, kMaskBytes)),
+        "counts": _column(e.counts.data(), legal * 4, np.uint32, (legal,)),
+        "priors": _column(e.priors.data(), legal * 4, np.float32, (legal,)),
+        "result": _column(e.result.data(), n, np.int8, (n,)),
+        "turn": _column(e.turn.data(), n * 4, np.int32, (n,)),
+        "move": _column(e.move.data(), n * 5 * 4, np.int32, (n, 5)),
+        "model_ckpt": _column(e.model_ckpt.data(), n * 4, np.int32, (n,)),
+        "value": _column(e.value.data(), n * 4, np.float32, (n,)),
+        "root_q": _column(e.root_q.data(), n * 4, np.float32, (n,)),
+        "unix_micros": _column(e.unix_micros.data(), n * 8, np.int64, (n,)),
+        "duration_micros": _column(e.duration_micros.data(), n * 8, np.int64, (n,)),
+        "stats": _column(e.stats.data(), n * kStatsInts * 4, np.int32, (n, kStatsInts)),
+        "selected_child_q": _column(e.selected_child_q.data(), n * 4, np.float32, (n,)),
+        "depth_len": _column(e.depth_len.data(), n * 2 * 4, np.int32, (n, 2)),
+        "nodes_per_depth": _column(e.nodes_per_depth.data(), depths0 * 4, np.int32, (depths0,)),
+        "max_visit_count_per_depth": _column(
+            e.max_visit_count_per_depth.data(), depths1 * 4, np.int32, (depths1,)
+        ),
     }
 
 
@@ -348,12 +325,14 @@ cdef class SelfPlay:
     """Plays `n_games` self-play games, `games_in_flight` at a time, one batch per step.
 
     Loop: n = prepare(boards, masks); collect take_finished(); stop at n == 0; run the
-    network on boards[:n], masks[:n]; feed(priors, values).
+    network on boards[:n], masks[:n]; feed(priors, values). Set `checkpoint` (and
+    `model_name`) when the network changes: examples record them.
     """
 
     cdef SelfPlayDriver* c
     cdef readonly int n_games
     cdef readonly int capacity
+    cdef public object model_name
 
     def __cinit__(
         self, int n_games, int games_in_flight, seed=None, *, int runs_per_move=800,
@@ -361,7 +340,8 @@ cdef class SelfPlay:
         sampled_moves=None, resign_threshold=None, float uct_c=1.5,
         float initial_root_q_value=-0.2, float initial_q_penalty=0.3,
         float dirichlet_concentration=0.0, int random_playouts=0,
-        bint end_game_when_stuck=False, bint eval_cache=True,
+        bint end_game_when_stuck=False, bint eval_cache=True, bint fpu_reference=False,
+        model_name=None, int checkpoint=0,
     ):
         if n_games < 0:
             raise ValueError(f"n_games must be >= 0, got {n_games}")
@@ -378,7 +358,7 @@ cdef class SelfPlay:
         cdef SelfPlayParams p
         p.search = _search_params(
             uct_c, initial_root_q_value, initial_q_penalty, dirichlet_concentration,
-            random_playouts, end_game_when_stuck, eval_cache,
+            random_playouts, end_game_when_stuck, eval_cache, fpu_reference,
         )
         p.runs_per_move = runs_per_move
         p.runs_per_fast_move = runs_per_fast_move
@@ -388,8 +368,10 @@ cdef class SelfPlay:
         p.resign = resign_threshold is not None
         p.resign_threshold = resign_threshold if resign_threshold is not None else -1.0
         self.c = new SelfPlayDriver(p, n_games, games_in_flight, _seed(seed))
+        self.c.set_checkpoint(checkpoint)
         self.n_games = n_games
         self.capacity = self.c.games_in_flight()
+        self.model_name = model_name
 
     def __dealloc__(self):
         del self.c
@@ -425,11 +407,40 @@ cdef class SelfPlay:
             self.c.Feed(&pv[0, 0], &vv[0])
 
     def take_finished(self) -> list:
-        """Games finished since the last call: dicts of NumPy arrays, one row per example."""
+        """Games finished since the last call, in the order they finished: dicts of
+        index, result (player 0's view), score, num_moves, evaluations, cache_hits,
+        fast_moves, forced_moves, resigned and `columns`, the game's examples as the example store
+        keeps them (hexz_tasks.codec; what ExampleStore.add_game takes), with
+        `model_name` as their model's name."""
         cdef vector[GameRecord] games
+        cdef GameRecord* g
         with nogil:
             games = self.c.TakeFinished()
-        return [_game_dict(games[i]) for i in range(games.size())]
+        out = []
+        for i in range(games.size()):
+            g = &games[i]
+            out.append({
+                "index": g.index,
+                "result": g.result,
+                "score": (g.score[0], g.score[1]),
+                "num_moves": g.num_moves,
+                "evaluations": g.evaluations,
+                "cache_hits": g.cache_hits,
+                "fast_moves": g.fast_moves,
+                "forced_moves": g.forced_moves,
+                "resigned": g.resigned,
+                "columns": codec.from_engine(_engine_columns(g.examples), self.model_name),
+            })
+        return out
+
+    @property
+    def checkpoint(self) -> int:
+        """The checkpoint that examples recorded from now on name."""
+        return self.c.checkpoint()
+
+    @checkpoint.setter
+    def checkpoint(self, int value) -> None:
+        self.c.set_checkpoint(value)
 
     @property
     def games_started(self) -> int:

@@ -1,4 +1,8 @@
-# Declarations of workers/engine/board.h and rng.h for Cython (keep in sync).
+# Declarations of workers/engine/board.h, layout.h and rng.h for Cython (keep in sync).
+#
+# Every call that can throw (InvalidInput, or std::bad_alloc wherever it allocates)
+# is declared `except +raise_py_error`: a C++ exception must never reach Python's
+# frames unhandled (that aborts the worker).
 from libc.stdint cimport int8_t, uint8_t, uint32_t, uint64_t
 from libcpp.vector cimport vector
 
@@ -23,7 +27,9 @@ cdef extern from *:
     #include <new>
     #include <stdexcept>
     #include "board.h"
-    // Called inside a C++ catch block: hexz::InvalidInput -> ValueError.
+    // Called inside a C++ catch block, one Python type per kind of failure:
+    // hexz::InvalidInput (bad input) -> ValueError, out of memory -> MemoryError,
+    // anything else (a bug) -> RuntimeError.
     static void hexz_raise_py_error() {
       try {
         throw;
@@ -41,15 +47,34 @@ cdef extern from *:
     void raise_py_error "hexz_raise_py_error"()
 
 
-cdef extern from "board.h" namespace "hexz" nogil:
+cdef extern from "layout.h" namespace "hexz" nogil:
     const int kRows
     const int kCols
     const int kCells
-    const int kChannels
-    const int kTensorSize
-    const int kPolicySize
+    const int kValidCells
     const int kInitialFlags
+    const int kChannels
+    const int kPlayerChannels
+    const int kChFlag
+    const int kChValue
+    const int kChBlocked
+    const int kChNext
+    const int kChFlagsLeft
+    const int kChGrass
+    const int kTensorSize
+    const int kMoveTypes
+    const int kPolicySize
+    const int kMaskBytes
+    const int kPackFlagShift
+    const int kPackBlockedShift
+    const int kPackValueShift
+    const int kPackNextShift
+    const int kGrassBytes
+    const int kWireCellTypeFlag
+    const int kWireCellTypeNormal
 
+
+cdef extern from "board.h" namespace "hexz" nogil:
     bint IsValidCell(int r, int c)
 
     cdef cppclass Move:
@@ -60,15 +85,16 @@ cdef extern from "board.h" namespace "hexz" nogil:
         int PolicyIndex()
 
     cdef cppclass Board:
-        Board()
+        Board() except +raise_py_error  # the first call allocates the empty board
         Board(const Board&)
         @staticmethod
-        Board Random(Rng& rng)
+        Board Random(Rng& rng) except +raise_py_error
         @staticmethod
         Board FromTensor(const float* data) except +raise_py_error
         void Encode(int player, float* out)
         void ActionMask(int player, uint8_t* out)
-        void LegalMoves(int player, vector[Move]& moves)
+        void Pack(int player, uint8_t* cells, uint8_t* grass, uint8_t* flags_left)
+        void LegalMoves(int player, vector[Move]& moves) except +raise_py_error
         int NumLegalMoves(int player)
         bint HasLegalMove(int player)
         void MakeMoveChecked(int player, const Move& move) except +raise_py_error

@@ -1,9 +1,12 @@
 # Declarations of workers/engine/mcts.h and selfplay.h for Cython (keep in sync).
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+#
+# As in cboard.pxd, every call that can throw (they all allocate: trees, statistics,
+# games) is declared `except +raise_py_error`.
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libcpp cimport bool
 from libcpp.vector cimport vector
 
-from cboard cimport Board, Move, Rng, ScorePair
+from cboard cimport Board, Move, Rng, ScorePair, raise_py_error
 
 
 cdef extern from "mcts.h" namespace "hexz" nogil:
@@ -16,6 +19,7 @@ cdef extern from "mcts.h" namespace "hexz" nogil:
         int random_playouts
         bool end_game_when_stuck
         bool eval_cache
+        bool fpu_reference
 
     cdef cppclass Node:
         float prior
@@ -46,15 +50,15 @@ cdef extern from "mcts.h" namespace "hexz" nogil:
         vector[int32_t] max_visit_count_per_depth
 
     cdef cppclass Mcts:
-        Mcts(const SearchParams& params, uint64_t seed)
-        void Reset(const Board& board, int player)
-        void StartMove(int budget, bool noise, bool greedy)
-        bool Advance()
+        Mcts(const SearchParams& params, uint64_t seed) except +raise_py_error
+        void Reset(const Board& board, int player) except +raise_py_error
+        void StartMove(int budget, bool noise, bool greedy) except +raise_py_error
+        bool Advance() except +raise_py_error
         const Board& LeafBoard()
         int LeafPlayer()
         const float* LeafTensor()
-        void Feed(const float* probs, float value)
-        void MakeMove(int child)
+        void Feed(const float* probs, float value) except +raise_py_error
+        void MakeMove(int child) except +raise_py_error
         int SampleChildByVisits()
         int MostVisitedChild()
         const Board& board()
@@ -70,7 +74,7 @@ cdef extern from "mcts.h" namespace "hexz" nogil:
         int cache_hits()
         int TreeSize()
         float RootSearchValue()
-        SearchStats Stats()
+        SearchStats Stats() except +raise_py_error
 
 
 cdef extern from "selfplay.h" namespace "hexz" nogil:
@@ -84,21 +88,29 @@ cdef extern from "selfplay.h" namespace "hexz" nogil:
         bool resign
         float resign_threshold
 
-    cdef cppclass Example:
-        float* board "board.data"()
-        uint8_t* mask "mask.data"()
-        float* move_probs "move_probs.data"()
-        float* priors "priors.data"()
-        float value
-        int turn
-        int move_number
-        Move move
-        int64_t unix_micros
-        int64_t duration_micros
-        SearchStats stats
-        int32_t selected_child_vc
-        float selected_child_q
-        float result
+    const int kStatsInts
+
+    cdef cppclass ExampleColumns:
+        vector[uint8_t] board_cells
+        vector[uint8_t] board_grass
+        vector[uint8_t] flags_left
+        vector[uint8_t] mask
+        vector[uint32_t] counts
+        vector[float] priors
+        vector[int8_t] result
+        vector[int32_t] turn
+        vector[int32_t] move
+        vector[int32_t] model_ckpt
+        vector[float] value
+        vector[float] root_q
+        vector[int64_t] unix_micros
+        vector[int64_t] duration_micros
+        vector[int32_t] stats
+        vector[float] selected_child_q
+        vector[int32_t] depth_len
+        vector[int32_t] nodes_per_depth
+        vector[int32_t] max_visit_count_per_depth
+        int size()
 
     cdef cppclass GameRecord:
         int index
@@ -108,20 +120,23 @@ cdef extern from "selfplay.h" namespace "hexz" nogil:
         int64_t evaluations
         int64_t cache_hits
         int fast_moves
+        int forced_moves
         bool resigned
-        vector[Example] examples
+        ExampleColumns examples
 
     cdef cppclass SelfPlayDriver:
         SelfPlayDriver(const SelfPlayParams& params, int n_games, int games_in_flight,
-                       uint64_t seed)
-        int Prepare(float* boards, uint8_t* masks)
-        void Feed(const float* probs, const float* values)
-        vector[GameRecord] TakeFinished()
+                       uint64_t seed) except +raise_py_error
+        int Prepare(float* boards, uint8_t* masks) except +raise_py_error
+        void Feed(const float* probs, const float* values) except +raise_py_error
+        vector[GameRecord] TakeFinished() except +raise_py_error
         int batch_size()
         int games_started()
         int games_finished()
         int64_t evaluations()
         int64_t examples_recorded()
         int games_in_flight()
+        void set_checkpoint(int32_t checkpoint)
+        int32_t checkpoint()
 
     uint64_t GameSeed(uint64_t seed, uint64_t index)

@@ -21,7 +21,8 @@ import numpy as np
 import redis
 
 from hexz_tasks import hexz_pb2, hexz_pb2_grpc
-from hexz_tasks.examples import BOARD_SHAPE, MASK_SHAPE, decode_array, npy_bytes
+from hexz_tasks.examples import decode_array, npy_bytes
+from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE
 from hexz_tasks.server.player import Busy, ClientError, Unavailable
 from hexz_tasks.server.state import NotFound, ServerState
 from hexz_tasks.store import StoreFullError

@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from hexz_tasks import hexz_pb2
 from hexz_tasks.examples import decode_array
+from hexz_tasks.layout import CELLS, COLS
 from hexz_tasks.server import overview as ov
 from hexz_tasks.server import plots, svg
 from hexz_tasks.server.player import Busy, ClientError, Unavailable
@@ -235,12 +236,12 @@ def _example_view(i: int, ex: hexz_pb2.TrainingExample) -> dict[str, Any]:
         flat = probs.reshape(-1)
         for k in np.argsort(-flat)[:5]:
             if flat[k] > 0:
-                typ, cell = divmod(int(k), 110)
+                typ, cell = divmod(int(k), CELLS)
                 view["top_moves"].append(
                     {
                         "kind": "flag" if typ == 0 else "piece",
-                        "r": cell // 10,
-                        "c": cell % 10,
+                        "r": cell // COLS,
+                        "c": cell % COLS,
                         "p": float(flat[k]),
                     }
                 )

@@ -216,11 +216,12 @@ def overview(state: ServerState) -> dict[str, Any]:
 def latest_examples(state: ServerState, n: int) -> list[hexz_pb2.TrainingExample]:
     """The newest `n` examples: from the Redis stream, else the trainer's dataset on disk."""
     from hexz_tasks import codec
+    from hexz_tasks.examples import from_columns
 
     found: list[hexz_pb2.TrainingExample] = []
     for _, fields in state.redis.xrevrange(state.keys.examples_stream, count=n):
         try:
-            exs = codec.to_examples(codec.from_blob(fields[b"d"]))
+            exs = from_columns(codec.from_blob(fields[b"d"]))
         except (KeyError, ValueError) as e:
             log.warning("skipping an undecodable stream entry: %s", e)
             continue
@@ -235,6 +236,7 @@ def _from_dataset(state: ServerState, n: int) -> list[hexz_pb2.TrainingExample]:
         return []
     from hexz_tasks import codec
     from hexz_tasks.dataset import Dataset
+    from hexz_tasks.examples import from_columns
 
     try:
         ds = Dataset(state.repo.examples_store_dir)
@@ -243,7 +245,7 @@ def _from_dataset(state: ServerState, n: int) -> list[hexz_pb2.TrainingExample]:
             return []
         cols = ds.read_chunk(chunks[-1])
         rows = np.arange(max(0, codec.num_rows(cols) - n), codec.num_rows(cols))
-        return codec.to_examples(codec.take_rows(cols, rows))
+        return from_columns(codec.take_rows(cols, rows))
     except (OSError, ValueError) as e:
         log.warning("cannot read the trainer's dataset: %s", e)
         return []

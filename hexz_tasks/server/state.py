@@ -82,9 +82,8 @@ class ModelSource:
     @staticmethod
     def _load(data: bytes) -> Any:
         from hexz_tasks.inference import Evaluator
-        from hexz_tasks.model import load_scriptmodule
 
-        return Evaluator(load_scriptmodule(data))
+        return Evaluator(data)
 
 
 @dataclass

@@ -12,7 +12,8 @@ from html import escape
 
 import numpy as np
 
-ROWS, COLS = 11, 10
+from hexz_tasks.layout import BOARD_SHAPE, COLS, ROWS
+
 # Colours per view: the player to move (channels 0-4) and the opponent (channels 5-9).
 MOVER_COLOUR = "#1f77b4"
 OTHER_COLOUR = "#d62728"
@@ -47,8 +48,8 @@ def board_svg(d: BoardDrawing, size: float = 22.0, title: str = "") -> str:
     (row r-1 cells c-1+s and c+s touch cell (r, c), s = r % 2).
     """
     b = np.asarray(d.board, dtype=np.float32)
-    if b.shape != (11, ROWS, COLS):
-        raise ValueError(f"board must have shape (11, 11, 10), got {b.shape}")
+    if b.shape != BOARD_SHAPE:
+        raise ValueError(f"board must have shape {BOARD_SHAPE}, got {b.shape}")
     probs = None if d.move_probs is None else np.asarray(d.move_probs, dtype=np.float32)
     w = math.sqrt(3) * size  # hex width
     h = 1.5 * size  # row pitch

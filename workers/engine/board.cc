@@ -7,16 +7,9 @@
 namespace hexz {
 namespace {
 
-// Layout of the tensor channels (player 0's block; player 1's is +5).
-constexpr int kChFlag = 0;
-constexpr int kChValue = 1;
-constexpr int kChBlocked = 2;
-constexpr int kChNext = 3;
-constexpr int kChFlagsLeft = 4;
-constexpr int kChGrass = 10;
 constexpr int kNumRocks = 15;
 constexpr int kNumGrass = 5;
-constexpr int kNumValid = 105;
+constexpr int kNumValid = kValidCells;
 constexpr int kPadCell = 1 * kCols + kCols - 1;  // (1, 9): invalid
 
 struct Neighbours {
@@ -169,7 +162,7 @@ Board Board::FromTensor(const float* data) {
   for (int ch = 0; ch < kChannels; ++ch) {
     // Largest value per channel of a player block: flag, value, blocked, next, flags left.
     constexpr int kMax[5] = {1, 5, 1, 5, kInitialFlags};
-    const int max = ch == kChGrass ? 5 : kMax[ch % 5];
+    const int max = ch == kChGrass ? 5 : kMax[ch % kPlayerChannels];
     for (int i = 0; i < kCells; ++i) {
       const float v = at(ch, i);
       if (!(v >= 0 && v <= max) || v != std::floor(v)) {
@@ -181,7 +174,7 @@ Board Board::FromTensor(const float* data) {
   }
   Board b;
   for (int p = 0; p < 2; ++p) {
-    const int base = 5 * p;
+    const int base = kPlayerChannels * p;
     const float left = at(base + kChFlagsLeft, 0);
     for (int i = 1; i < kCells; ++i) {
       if (at(base + kChFlagsLeft, i) != left) {
@@ -195,19 +188,19 @@ Board Board::FromTensor(const float* data) {
     const bool valid = IsValidCell(i / kCols, i % kCols);
     int occupants = at(kChGrass, i) > 0;
     for (int p = 0; p < 2; ++p) {
-      const int base = 5 * p;
+      const int base = kPlayerChannels * p;
       occupants += (at(base + kChFlag, i) > 0) + (at(base + kChValue, i) > 0);
     }
     if (!valid) {
       // Invalid cells carry nothing; they are always blocked (older encoders left 0).
       bool empty = occupants == 0;
-      for (int p = 0; p < 2; ++p) empty = empty && at(5 * p + kChNext, i) == 0;
+      for (int p = 0; p < 2; ++p) empty = empty && at(kPlayerChannels * p + kChNext, i) == 0;
       if (!empty) throw InvalidInput("invalid cell " + CellName(i) + " is not empty");
       continue;
     }
     if (occupants > 1) throw InvalidInput("cell " + CellName(i) + " has more than one piece");
     for (int p = 0; p < 2; ++p) {
-      const int base = 5 * p;
+      const int base = kPlayerChannels * p;
       const bool blocked = at(base + kChBlocked, i) > 0;
       const int next = static_cast<int>(at(base + kChNext, i));
       if (occupants && (!blocked || next != 0)) {
@@ -231,7 +224,7 @@ Board Board::FromTensor(const float* data) {
 
 void Board::Encode(int player, float* out) const {
   for (int p = 0; p < 2; ++p) {
-    float* o = out + 5 * (p ^ player) * kCells;
+    float* o = out + kPlayerChannels * (p ^ player) * kCells;
     const float left = flags_left_[p];
     for (int i = 0; i < kCells; ++i) {
       o[kChFlag * kCells + i] = flag_[p][i];
@@ -242,6 +235,22 @@ void Board::Encode(int player, float* out) const {
     }
   }
   for (int i = 0; i < kCells; ++i) out[kChGrass * kCells + i] = grass_[i];
+}
+
+void Board::Pack(int player, uint8_t* cells, uint8_t* grass, uint8_t* flags_left) const {
+  for (int k = 0; k < 2; ++k) {
+    const int p = k ^ player;
+    uint8_t* o = cells + k * kCells;
+    for (int i = 0; i < kCells; ++i) {
+      o[i] = static_cast<uint8_t>(flag_[p][i] << kPackFlagShift |
+                                  blocked_[p][i] << kPackBlockedShift |
+                                  value_[p][i] << kPackValueShift | next_[p][i] << kPackNextShift);
+    }
+    flags_left[k] = static_cast<uint8_t>(flags_left_[p]);
+  }
+  for (int j = 0; j < kGrassBytes; ++j) {
+    grass[j] = static_cast<uint8_t>(grass_[2 * j] | grass_[2 * j + 1] << 4);
+  }
 }
 
 void Board::ActionMask(int player, uint8_t* out) const {

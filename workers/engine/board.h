@@ -1,6 +1,5 @@
 // The Flagz board: rules and tensor encoding of shared/spec/flagz-rules.md.
 //
-// Layout constants are shared with Python (hexz_tasks/engine.py): keep in sync.
 #pragma once
 
 #include <array>
@@ -8,18 +7,12 @@
 #include <string>
 #include <vector>
 
+#include "layout.h"
 #include "rng.h"
 
 namespace hexz {
 
-constexpr int kRows = 11;
-constexpr int kCols = 10;
-constexpr int kCells = kRows * kCols;      // 110 slots, 105 valid cells
-constexpr int kChannels = 11;              // board tensor channels
-constexpr int kTensorSize = kChannels * kCells;  // 1210 floats, [channel][row][col]
-constexpr int kPolicySize = 2 * kCells;    // 220: index = typ * 110 + r * 10 + c
 constexpr int kMaxNeighbours = 6;
-constexpr int kInitialFlags = 3;
 
 inline bool IsValidCell(int r, int c) {
   return r >= 0 && r < kRows && c >= 0 && c < kCols - (r & 1);
@@ -63,6 +56,9 @@ class Board {
   void Encode(int player, float* out) const;
   // Writes the (2, 11, 10) action mask of `player` into out[kPolicySize] (1 = legal).
   void ActionMask(int player, uint8_t* out) const;
+  // The example store's packed board from `player`'s view (see layout.h):
+  // cells[2 * kCells], grass[kGrassBytes], flags_left[2].
+  void Pack(int player, uint8_t* cells, uint8_t* grass, uint8_t* flags_left) const;
 
   // Legal moves of `player` in the spec's order (row-major, flag before normal).
   // Appends to `moves` after clearing it.

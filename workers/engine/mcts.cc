@@ -109,7 +109,9 @@ float Mcts::Puct(const Node& parent, const Node& child, bool parent_is_root,
   } else {
     // First play urgency: the parent's Q from the child's mover's view, penalised.
     q = parent.Q();
-    if (parent.next_turn() != child.next_turn()) q = -q;
+    const bool negate = params_.fpu_reference ? parent.next_turn() != child.next_turn()
+                                              : parent.mover() != parent.next_turn();
+    if (negate) q = -q;
     q = std::max(-1.0f, q - params_.initial_q_penalty);
   }
   return q + params_.uct_c * child.prior * sqrt_visits / (1 + child.visits);
@@ -314,6 +316,28 @@ void Mcts::MakeMove(int child) {
   if (scratch_.capacity() > 4 * nodes_.capacity() + (1 << 16)) {
     std::vector<Node>().swap(scratch_);
   }
+}
+
+bool Mcts::PlayIfForced() {
+  assert(!pending_);
+  Node& root = nodes_[0];
+  if (root.has_children()) {
+    if (root.num_children != 1) return false;
+    MakeMove(0);
+    return true;
+  }
+  if (!root.expanded()) {
+    leaf_board_ = board_;
+    PrepareLeaf(root);  // as the first run would: skips a stuck player, finds terminals
+  }
+  if (root.terminal()) return false;
+  const int player = root.next_turn();
+  leaf_board_ = board_;
+  leaf_board_.LegalMoves(player, leaf_moves_);
+  if (leaf_moves_.size() != 1) return false;
+  board_.MakeMove(player, leaf_moves_[0]);
+  Reset(board_, 1 - player);
+  return true;
 }
 
 int Mcts::SampleChildByVisits() {

@@ -40,6 +40,12 @@ struct SearchParams {
   // a new evaluation. The network is deterministic, so the search is the same as
   // without it; only evaluations are saved.
   bool eval_cache = true;
+  // First-play urgency of an unvisited child (not at the root) is the parent's Q from
+  // the child's mover's view, minus initial_q_penalty. The parent's Q is from the view
+  // of the parent's mover; the child's mover is the parent's next_turn: negate iff they
+  // differ (they do not after a double move, when a stuck player was skipped). The
+  // reference negates iff parent and child have different next_turn (true here).
+  bool fpu_reference = false;
 };
 
 struct Node {
@@ -115,6 +121,10 @@ class Mcts {
   // Plays root child `child` (0 <= child < NumChildren()) and makes it the root of
   // a compacted tree with all visits and wins zeroed.
   void MakeMove(int child);
+  // If the root's player to move (a stuck player is skipped, as the search would) has
+  // exactly one legal move, plays it without a search and returns true: its subtree is
+  // kept if the root was expanded, else a new tree starts. False at a terminal root.
+  bool PlayIfForced();
   // Child chosen with probability proportional to visits (by prior if none visited).
   int SampleChildByVisits();
   // Most visited child (first of equals).

@@ -3,9 +3,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 namespace hexz {
+
+// A game keeps its own copy of the parameters and lives in its driver's slots; neither
+// can be copied or moved, so nothing refers to a driver that is gone.
+static_assert(!std::is_copy_constructible_v<SelfPlayDriver> &&
+              !std::is_move_constructible_v<SelfPlayDriver> &&
+              !std::is_move_constructible_v<Game>);
 
 namespace {
 
@@ -34,12 +41,18 @@ Game::Game(const SelfPlayParams& params, int index, uint64_t seed)
   mcts_.Reset(Board::Random(mcts_.rng()), 0);
 }
 
-bool Game::Advance() {
+bool Game::Advance(int32_t checkpoint) {
   while (!done_) {
     if (!in_move_) {
       if (move_number_ >= params_.max_moves_per_game) {
         Finish(mcts_.board().Result());
         break;
+      }
+      // A position with one legal move is played at once: no search, no example.
+      if (mcts_.PlayIfForced()) {
+        record_.forced_moves++;
+        record_.num_moves = ++move_number_;
+        continue;
       }
       fast_ = move_number_ >= 6 && params_.fast_move_prob > 0 &&
               mcts_.rng().Uniform() < params_.fast_move_prob;
@@ -66,7 +79,7 @@ bool Game::Advance() {
     if (fast_) {
       record_.fast_moves++;
     } else {
-      RecordExample(child);
+      RecordExample(child, checkpoint);
     }
     mcts_.MakeMove(child);
     move_number_++;
@@ -79,41 +92,70 @@ bool Game::Advance() {
   return false;
 }
 
-void Game::RecordExample(int child) {
-  Example& e = record_.examples.emplace_back();
+void Game::RecordExample(int child, int32_t checkpoint) {
+  ExampleColumns& e = record_.examples;
   const Mcts& m = mcts_;
-  const Node& root = m.root();
-  e.turn = m.RootPlayer();
-  e.move_number = move_number_;
-  m.board().Encode(e.turn, e.board.data());
-  m.board().ActionMask(e.turn, e.mask.data());
-  e.move_probs.fill(0);
-  e.priors.fill(0);
-  int64_t total = 0;
-  for (int i = 0; i < m.NumChildren(); i++) total += m.child(i).visits;
+  const Board& board = m.board();
+  const int turn = m.RootPlayer();
+  const size_t row = e.result.size();
+
+  e.board_cells.resize((row + 1) * 2 * kCells);
+  e.board_grass.resize((row + 1) * kGrassBytes);
+  e.flags_left.resize((row + 1) * 2);
+  board.Pack(turn, &e.board_cells[row * 2 * kCells], &e.board_grass[row * kGrassBytes],
+             &e.flags_left[row * 2]);
+
+  std::array<uint8_t, kPolicySize> legal;
+  board.ActionMask(turn, legal.data());
+  std::array<uint32_t, kPolicySize> visits{};
+  std::array<float, kPolicySize> priors{};
   for (int i = 0; i < m.NumChildren(); i++) {
     const Node& c = m.child(i);
-    e.priors[c.policy_index] = c.prior;
-    // With no visited child (a budget of one run) the move is drawn by prior.
-    e.move_probs[c.policy_index] =
-        total > 0 ? static_cast<float>(static_cast<double>(c.visits) / total) : c.prior;
+    visits[c.policy_index] = static_cast<uint32_t>(c.visits);
+    priors[c.policy_index] = c.prior;
   }
-  e.value = root.value;
+  e.mask.resize((row + 1) * kMaskBytes, 0);
+  uint8_t* bits = &e.mask[row * kMaskBytes];
+  for (int i = 0; i < kPolicySize; i++) {
+    if (!legal[i]) continue;
+    bits[i >> 3] |= static_cast<uint8_t>(1 << (i & 7));
+    e.counts.push_back(visits[i]);
+    e.priors.push_back(priors[i]);
+  }
+
   const Node& chosen = m.child(child);
-  e.move = chosen.move();
-  e.unix_micros = UnixMicros();
-  e.duration_micros = e.unix_micros - move_start_micros_;
-  e.stats = m.Stats();
-  e.selected_child_vc = chosen.visits;
-  e.selected_child_q = chosen.Q();
+  const Move move = chosen.move();
+  e.result.push_back(0);  // set by Finish
+  e.turn.push_back(turn);
+  e.move.insert(e.move.end(), {turn + 1, move_number_, move.r, move.c,
+                               move.typ == 0 ? kWireCellTypeFlag : kWireCellTypeNormal});
+  e.model_ckpt.push_back(checkpoint);
+  e.value.push_back(m.root().value);
+  e.root_q.push_back(m.RootSearchValue());
+  const int64_t now = UnixMicros();
+  e.unix_micros.push_back(now);
+  e.duration_micros.push_back(now - move_start_micros_);
+  const SearchStats s = m.Stats();
+  e.stats.insert(e.stats.end(), {s.valid_moves, s.visit_count, s.visited_children,
+                                 s.search_depth, s.search_tree_size, s.branch_nodes,
+                                 s.min_child_vc, s.max_child_vc, chosen.visits});
+  e.selected_child_q.push_back(chosen.Q());
+  e.depth_len.push_back(static_cast<int32_t>(s.nodes_per_depth.size()));
+  e.depth_len.push_back(static_cast<int32_t>(s.max_visit_count_per_depth.size()));
+  e.nodes_per_depth.insert(e.nodes_per_depth.end(), s.nodes_per_depth.begin(),
+                           s.nodes_per_depth.end());
+  e.max_visit_count_per_depth.insert(e.max_visit_count_per_depth.end(),
+                                     s.max_visit_count_per_depth.begin(),
+                                     s.max_visit_count_per_depth.end());
 }
 
 void Game::Finish(int result) {
   done_ = true;
   record_.result = result;
   record_.score = mcts_.board().Score();
-  for (Example& e : record_.examples) {
-    e.result = static_cast<float>(e.turn == 0 ? result : -result);
+  ExampleColumns& e = record_.examples;
+  for (int i = 0; i < e.size(); i++) {
+    e.result[i] = static_cast<int8_t>(e.turn[i] == 0 ? result : -result);
   }
 }
 
@@ -133,7 +175,7 @@ int SelfPlayDriver::Prepare(float* boards, uint8_t* masks) {
         started_++;
       }
       Game& g = *slots_[s];
-      if (g.Advance()) {
+      if (g.Advance(checkpoint_)) {
         const int k = static_cast<int>(batch_.size());
         const Mcts& m = g.search();
         std::memcpy(boards + static_cast<size_t>(k) * kTensorSize, m.LeafTensor(),

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "board.h"
+#include "layout.h"
 #include "mcts.h"
 
 namespace hexz {
@@ -34,24 +35,39 @@ struct SelfPlayParams {
   float resign_threshold = -1.0f;
 };
 
-// One training example (a full move), see TrainingExample in the wire format.
-struct Example {
-  std::array<float, kTensorSize> board;  // from the view of `turn`
-  std::array<uint8_t, kPolicySize> mask;
-  std::array<float, kPolicySize> move_probs;  // normalised root visits
-  std::array<float, kPolicySize> priors;      // root priors, noise included
-  float value = 0;                            // network value of the root
-  int turn = 0;
-  int move_number = 0;  // 0-based move number in the game
-  Move move{};  // the move played
-  int64_t unix_micros = 0;
-  int64_t duration_micros = 0;
-  SearchStats stats;
-  int32_t selected_child_vc = 0;
-  float selected_child_q = 0;
-  float result = 0;  // final result from `turn`'s view
-};
+// Search statistics per example in ExampleColumns::stats.
+constexpr int kStatsInts = 9;
 
+// The examples of one game as the example store keeps them: one entry per example in
+// each column (or the stated number), except the ragged columns, which hold one entry
+// per legal move (per set mask bit, in policy index order) or per search depth. The
+// schema is hexz_tasks/codec.py's (format version 2); keep the two in sync.
+struct ExampleColumns {
+  std::vector<uint8_t> board_cells;  // 2 * kCells: packed board, player to move first
+  std::vector<uint8_t> board_grass;  // kGrassBytes
+  std::vector<uint8_t> flags_left;   // 2, player to move first
+  std::vector<uint8_t> mask;         // kMaskBytes: legal moves as bits
+  std::vector<uint32_t> counts;      // ragged by mask: root visits of each legal move
+  std::vector<float> priors;         // ragged by mask: root priors, noise included
+  std::vector<int8_t> result;        // final result from the player to move's view
+  std::vector<int32_t> turn;         // the player to move (0 or 1)
+  // 5: the move played as GameEngineMove: player_num, move number, row, col, cell_type.
+  std::vector<int32_t> move;
+  std::vector<int32_t> model_ckpt;     // the checkpoint whose network the search used
+  std::vector<float> value;            // the network's value of the root
+  std::vector<float> root_q;           // the root's search value (Mcts::RootSearchValue)
+  std::vector<int64_t> unix_micros;    // when the move was made
+  std::vector<int64_t> duration_micros;  // how long its search took
+  // kStatsInts: valid_moves, visit_count, visited_children, search_depth,
+  // search_tree_size, branch_nodes, min_child_vc, max_child_vc, selected_child_vc.
+  std::vector<int32_t> stats;
+  std::vector<float> selected_child_q;
+  std::vector<int32_t> depth_len;  // 2: entries of the next two columns of this example
+  std::vector<int32_t> nodes_per_depth;            // ragged by depth_len[0]
+  std::vector<int32_t> max_visit_count_per_depth;  // ragged by depth_len[1]
+
+  int size() const { return static_cast<int>(result.size()); }
+};
 struct GameRecord {
   int index = 0;
   int result = 0;  // player 0's view
@@ -60,28 +76,31 @@ struct GameRecord {
   int64_t evaluations = 0;
   int64_t cache_hits = 0;  // leaves expanded from a transposition, not evaluated
   int fast_moves = 0;
+  int forced_moves = 0;  // one legal move: played without a search, no example
   bool resigned = false;
-  std::vector<Example> examples;
+  ExampleColumns examples;
 };
 
 // One self-play game as a resumable state machine around an Mcts.
 class Game {
  public:
   Game(const SelfPlayParams& params, int index, uint64_t seed);
+  Game(const Game&) = delete;
+  Game& operator=(const Game&) = delete;
 
   // Advances until the game needs an evaluation (true; see search().LeafBoard())
-  // or is over (false; see TakeRecord()).
-  bool Advance();
+  // or is over (false; see TakeRecord()). Examples recorded meanwhile name `checkpoint`.
+  bool Advance(int32_t checkpoint);
   void Feed(const float* probs, float value) { mcts_.Feed(probs, value); }
   Mcts& search() { return mcts_; }
   GameRecord TakeRecord() { return std::move(record_); }
-  int num_examples() const { return static_cast<int>(record_.examples.size()); }
+  int num_examples() const { return record_.examples.size(); }
 
  private:
-  void RecordExample(int child);
+  void RecordExample(int child, int32_t checkpoint);
   void Finish(int result);
 
-  const SelfPlayParams& params_;
+  const SelfPlayParams params_;
   Mcts mcts_;
   GameRecord record_;
   int move_number_ = 0;
@@ -94,6 +113,9 @@ class Game {
 class SelfPlayDriver {
  public:
   SelfPlayDriver(const SelfPlayParams& params, int n_games, int games_in_flight, uint64_t seed);
+  // One driver per owner: its games live in its slots.
+  SelfPlayDriver(const SelfPlayDriver&) = delete;
+  SelfPlayDriver& operator=(const SelfPlayDriver&) = delete;
 
   // Advances all running games (starting new ones in freed slots) and writes the
   // positions to evaluate: boards[k * kTensorSize], masks[k * kPolicySize] for
@@ -111,6 +133,10 @@ class SelfPlayDriver {
   // Examples recorded so far, finished games and games in progress.
   int64_t examples_recorded() const;
   int games_in_flight() const { return static_cast<int>(slots_.size()); }
+  // The checkpoint that examples recorded from now on name (the caller sets it when it
+  // swaps networks).
+  void set_checkpoint(int32_t checkpoint) { checkpoint_ = checkpoint; }
+  int32_t checkpoint() const { return checkpoint_; }
 
  private:
   SelfPlayParams params_;
@@ -123,6 +149,7 @@ class SelfPlayDriver {
   int finished_count_ = 0;
   int64_t finished_examples_ = 0;
   int64_t evaluations_ = 0;
+  int32_t checkpoint_ = 0;
 };
 
 // The seed of game `index` of a run seeded with `seed`.
