@@ -79,12 +79,21 @@ def connect(
     )
 
 
+_POOL_STATE = (
+    "orig_socket_timeout",
+    "orig_socket_connect_timeout",
+    "maint_notifications_pool_handler",
+    "himport_registry",
+)
+
+
 def with_timeout(client: redis.Redis, timeout_s: float) -> redis.Redis:
     """A client of the same Redis (same address, password, TLS) that fails within
     `timeout_s`, without retries: for health checks."""
     kwargs = dict(client.connection_pool.connection_kwargs)
     kwargs.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    for k in ("orig_socket_timeout", "orig_socket_connect_timeout"):
+    # Per-pool state redis-py adds to the kwargs: the new pool makes its own.
+    for k in _POOL_STATE:
         kwargs.pop(k, None)
     pool = redis.ConnectionPool(connection_class=client.connection_pool.connection_class, **kwargs)
     return redis.Redis(connection_pool=pool, retry=Retry(ExponentialWithJitterBackoff(), 0))
