@@ -73,7 +73,7 @@ class TrainingService(hexz_pb2_grpc.TrainingServiceServicer):
                 return _rejected(
                     resp,
                     Status.REJECTED_WRONG_MODEL,
-                    f"examples[{i}] was made by model {ex.model_key.name!r}; "
+                    f"examples[{i}] was made by model {ex.model_key.name[:80]!r}; "
                     f"this server trains {name!r}",
                 )
         newest = latest.checkpoint if latest.name == name else None
