@@ -151,10 +151,11 @@ def test_unknown_bytes_are_dropped_not_stored(running: Running) -> None:
     stored = [ex for ex in _stored(running, entries) if ex.HasField("stats")]
     assert [list(ex.stats.nodes_per_depth) for ex in stored] == [[1, 4, 9]]
     assert stored[0].stats.visit_count == 10
+    assert stored[0].stats.ByteSize() < 100
 
 
 def _length_delimited(field: int, size: int) -> bytes:
-    """A protobuf field `field` of wire type 2 holding `size` zero bytes."""
+    """A protobuf field `field` of wire type 2 holding `size` random (incompressible) bytes."""
 
     def varint(n: int) -> bytes:
         out = bytearray()
@@ -164,7 +165,8 @@ def _length_delimited(field: int, size: int) -> bytes:
             if not n:
                 return bytes(out)
 
-    return varint(field << 3 | 2) + varint(size) + bytes(size)
+    noise = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    return varint(field << 3 | 2) + varint(size) + noise
 
 
 def _stored(running: Running, entries: list) -> list[Example]:
