@@ -25,7 +25,7 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -140,11 +140,15 @@ def train_once(
     repo: ModelRepository,
     *,
     dataset: Dataset | None = None,
+    still_owner: Callable[[], bool] | None = None,
 ) -> dict[str, Any] | None:
     """Trains checkpoint latest+1 if enough new examples arrived; returns its stats or None.
 
     Publishing the checkpoint, recording the run and the training events are the Celery
     task's part (tasks.run_training_tick): this stays a plain function of store and disk.
+    `still_owner` (e.g. "this process still holds the training lock") is checked right
+    before the new checkpoint appears (ModelRepository.save). Afterwards the disk
+    retention policy runs (hexz_tasks.retention).
     """
     params = params_from_settings(settings)
     base = repo.ensure_initial(params, settings)
@@ -156,13 +160,23 @@ def train_once(
     store.drain(dataset, repo)
     if dataset.count() == 0:  # the first examples have not settled in Redis yet
         return None
-    stats = train_checkpoint(settings, repo, dataset, base, total)
+    stats = train_checkpoint(settings, repo, dataset, base, total, still_owner=still_owner)
     store.set_trained(total)
+    if settings.retention:
+        from hexz_tasks.retention import collect_garbage_quietly
+
+        collect_garbage_quietly(settings, repo, dataset, store.redis, store.keys)
     return stats
 
 
 def train_checkpoint(
-    settings: Settings, repo: ModelRepository, dataset: Dataset, base: int, total: int
+    settings: Settings,
+    repo: ModelRepository,
+    dataset: Dataset,
+    base: int,
+    total: int,
+    *,
+    still_owner: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Trains checkpoint base+1 from the dataset's newest examples and saves it (no trigger
     check, no draining); `total` is the store's example count recorded in its stats."""
@@ -271,5 +285,13 @@ def train_checkpoint(
         "step": step,
         "state": _to_cpu(optimizer.state_dict()),
     }
-    repo.save(base + 1, model, params, optimizer_state=opt_state, settings=settings, stats=stats)
+    repo.save(
+        base + 1,
+        model,
+        params,
+        optimizer_state=opt_state,
+        settings=settings,
+        stats=stats,
+        still_owner=still_owner,
+    )
     return stats

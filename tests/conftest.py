@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from hexz_tasks.keys import Keys
 from hexz_tasks.redis_server import server_command
@@ -27,6 +28,10 @@ from hexz_tasks.store import SETTLE_MS
 
 TEST_PREFIX = "hexztest"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# `pytest --hypothesis-profile=thorough tests/test_fuzz_edges.py`: the decoders' long fuzz
+# runs (10,000 examples per test); the default run keeps Hypothesis's 100.
+hypothesis_settings.register_profile("thorough", max_examples=10_000, deadline=None)
 
 
 def free_port() -> int:
