@@ -1,9 +1,11 @@
 """Archives: one gzip-compressed AddTrainingExamplesRequest per ``*.gz`` file.
 
 ``hexz print-request FILE`` summarises one, ``hexz import FILES...`` validates and adds
-them to the example store (NUMPY or PYTORCH arrays; a bad file is rejected as a whole
-with a message naming the file and the example), ``hexz export`` writes every stored
-example (the trainer's dataset plus what still waits in Redis) back as archives.
+them to the example store (NUMPY or PYTORCH arrays; every example is checked by
+hexz_tasks.validation, a bad file is rejected as a whole with a message naming the file
+and the example; a file that decompresses to more than MAX_ARCHIVE_BYTES is refused),
+``hexz export`` writes every stored example (the trainer's dataset plus what still waits
+in Redis) back as archives.
 """
 
 from __future__ import annotations
@@ -30,18 +32,45 @@ from hexz_tasks.redis_server import connect
 from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
+from hexz_tasks.validation import validate_examples
 
 # Examples per store entry when importing (one Redis stream entry each).
 IMPORT_BATCH = 4096
+# The largest archive the trainer writes (one chunk of 65,536 examples, ~7.4 kB each)
+# is ~0.5 GB decompressed; anything beyond twice that is refused before it is inflated.
+MAX_ARCHIVE_BYTES = 1 << 30
 
 
-def read_request(path: Path) -> hexz_pb2.AddTrainingExamplesRequest:
-    """Parses one archive; ValueError naming the file if it is not one."""
+class ArchiveTooLarge(ValueError):
+    """An archive decompresses to more than allowed."""
+
+
+def gunzip(data: bytes, max_bytes: int) -> bytes:
+    """gzip.decompress that stops as soon as the output would exceed `max_bytes`."""
+    out = bytearray()
+    while data:
+        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        out += d.decompress(data, max_bytes + 1 - len(out))
+        if len(out) > max_bytes or d.unconsumed_tail:
+            raise ArchiveTooLarge(f"decompresses to more than {max_bytes} bytes")
+        if not d.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker")
+        data = d.unused_data.lstrip(b"\0")  # gzip pads members with zeros at times
+    return bytes(out)
+
+
+def read_request(
+    path: Path, max_bytes: int = MAX_ARCHIVE_BYTES
+) -> hexz_pb2.AddTrainingExamplesRequest:
+    """Parses one archive; ValueError naming the file if it is not one or if it
+    decompresses to more than `max_bytes`."""
     try:
-        data = gzip.decompress(Path(path).read_bytes())
+        data = gunzip(Path(path).read_bytes(), max_bytes)
         return hexz_pb2.AddTrainingExamplesRequest.FromString(data)
     except (OSError, EOFError, zlib.error, DecodeError) as e:
         raise ValueError(f"{path}: not a gzip-compressed AddTrainingExamplesRequest: {e}") from e
+    except ArchiveTooLarge as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def write_request(path: Path, request: hexz_pb2.AddTrainingExamplesRequest) -> Path:
@@ -102,7 +131,8 @@ def import_files(paths: Iterable[Path], store: ExampleStore) -> tuple[int, list[
             req = read_request(path)
             if not req.examples:
                 continue
-            cols = to_columns(req.examples, str(path))
+            examples = validate_examples(req.examples, f"{path}: ")
+            cols = to_columns(examples, str(path))
         except (OSError, ValueError) as e:
             errors.append(str(e))
             continue

@@ -27,7 +27,7 @@ from celery import Celery, bootsteps
 from celery.beat import PersistentScheduler
 
 from hexz_tasks.keys import Keys
-from hexz_tasks.redis_server import connect, redis_url
+from hexz_tasks.redis_server import WORKER_TIMEOUT_S, connect, redis_url
 from hexz_tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # default is every 100 s), so they come back soon after it.
             "unacked_restore_interval": max(1, int(settings.visibility_timeout_s / 20)),
             "unacked_restore_throttle": 1,
+            # A Redis that is down or hung costs seconds, not a hung worker (redis_server).
+            "socket_timeout": WORKER_TIMEOUT_S,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
         },
+        "redis_socket_timeout": WORKER_TIMEOUT_S,
+        "redis_socket_connect_timeout": 5,
+        "redis_socket_keepalive": True,
         "result_backend_transport_options": visibility,
         "visibility_timeout": settings.visibility_timeout_s,
         "result_expires": 24 * 3600,

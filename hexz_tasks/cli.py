@@ -20,7 +20,9 @@ def _parser() -> argparse.ArgumentParser:
         "Flower, servers) with honcho and the Procfile",
     )
     sub.add_parser("redis", help="run the project-managed redis-server in the foreground")
-    sub.add_parser("status", help="print where the pipeline stands")
+    sub.add_parser("flower", help="run Flower on 127.0.0.1 with a login (generated if unset)")
+    sub.add_parser("status", help="print where the pipeline stands (and disk use)")
+    sub.add_parser("gc", help="delete old checkpoints, archives and example chunks now")
 
     play = sub.add_parser("play", help="play one game with uniformly random moves and print it")
     play.add_argument("--seed", type=int, default=None)
@@ -84,6 +86,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             from hexz_tasks.redis_server import run_foreground
 
             return run_foreground(settings)
+        case "flower":
+            from hexz_tasks.launcher import run_flower
+
+            return run_flower(settings)
+        case "gc":
+            from hexz_tasks.retention import run_gc
+
+            return run_gc(settings)
         case "status":
             from hexz_tasks.status import print_status
 

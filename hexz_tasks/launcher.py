@@ -26,8 +26,8 @@ PROCESSES: dict[str, str] = {
     "gpu": "celery -A hexz_tasks worker -Q gpu -n gpu@%h -c 1 -P prefork -l INFO",
     # Exactly one beat per pipeline; its schedule file lives in HEXZ_DATA_DIR.
     "beat": "celery -A hexz_tasks beat -l INFO",
-    # Binds 127.0.0.1; basic auth from HEXZ_FLOWER_BASIC_AUTH (hexz_tasks.celery).
-    "flower": "celery -A hexz_tasks flower",
+    # Binds 127.0.0.1; login from HEXZ_FLOWER_BASIC_AUTH, else generated (run_flower).
+    "flower": "hexz flower",
     "web": "hexz serve",
 }
 
@@ -83,6 +83,32 @@ def startup_message(settings: Settings) -> str:
         f"{settings.runs_per_move} runs per move; `hexz status` shows progress\n"
         f"hexz run: curves in TensorBoard: {tensorboard_command(settings)}"
     )
+
+
+def run_flower(settings: Settings) -> int:
+    """`hexz flower`: Celery's Flower on 127.0.0.1, never without a login.
+
+    The login is HEXZ_FLOWER_BASIC_AUTH, else one generated on first start and kept in
+    the data directory (mode 600); its password is printed only when it is generated.
+    It reaches Flower through the environment, not the command line that `ps` shows.
+    """
+    from hexz_tasks.credentials import flower_basic_auth
+
+    auth = settings.flower_basic_auth
+    if auth is None and "FLOWER_BASIC_AUTH" not in os.environ:
+        auth, path, created = flower_basic_auth(settings.data_dir)
+        user, _, password = auth.partition(":")
+        if created:
+            print(f"Flower login generated: user {user}, password {password} (kept in {path})")
+        else:
+            print(f"Flower login: user {user}, password in {path}")
+    if auth is not None:
+        os.environ.setdefault("FLOWER_BASIC_AUTH", auth)
+    os.environ.setdefault("FLOWER_ADDRESS", "127.0.0.1")
+    sys.stdout.flush()
+    args = [sys.executable, "-m", "celery", "-A", "hexz_tasks", "flower"]
+    os.execv(args[0], args)  # replaces this process: honcho's signals reach Flower
+    raise AssertionError("unreachable")
 
 
 def run_pipeline(settings: Settings) -> int:

@@ -3,7 +3,14 @@
 With ``HEXZ_REDIS_URL`` unset, the project runs its own ``redis-server`` (from PATH) on
 127.0.0.1:6390 with its files in ``<data_dir>/redis``: append-only file on (every write
 reaches the kernel before Redis answers, fsync once a second), ``noeviction`` (a full Redis
-refuses writes instead of silently dropping queues or examples), no RDB snapshots.
+refuses writes instead of silently dropping queues or examples), no RDB snapshots, and a
+password generated on first use (``<data_dir>/redis/password``, mode 600), which every
+local process reads from there.
+
+Every client has connect and read timeouts and TCP keepalive, so a Redis that is down or
+hung costs a caller seconds, not minutes: :func:`connect` for workers (long reads, retries
+that ride out a restart), :func:`connect` with ``retries=0`` and a short ``timeout_s``
+for request paths and health checks.
 """
 
 from __future__ import annotations
@@ -16,13 +23,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from hexz_tasks.settings import Settings
+from hexz_tasks.credentials import embedded_redis_password
+from hexz_tasks.settings import Settings, masked_url
+
+__all__ = ["connect", "ensure_running", "masked_url", "redis_url", "run_foreground"]
 
 EMBEDDED_HOST = "127.0.0.1"
 EMBEDDED_PORT = 6390
@@ -35,28 +44,27 @@ INSTALL_HINT = (
 
 def redis_url(settings: Settings) -> str:
     """The one URL for broker, result backend and example store."""
-    return settings.redis_url or f"redis://{EMBEDDED_HOST}:{EMBEDDED_PORT}/0"
+    if settings.redis_url:
+        return settings.redis_url
+    password = embedded_redis_password(settings.data_dir)
+    return f"redis://:{password}@{EMBEDDED_HOST}:{EMBEDDED_PORT}/0"
 
 
 def is_embedded(settings: Settings) -> bool:
     return settings.redis_url is None
 
 
-def masked_url(url: str) -> str:
-    """The URL with any password replaced by ***, for logs and status pages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+# Read timeout of worker clients: far above any command the project sends (the longest are
+# Lua scripts over a few thousand stream entries), far below "hung for ever".
+WORKER_TIMEOUT_S = 30.0
 
 
-def connect(settings: Settings, *, retries: int = 12) -> redis.Redis:
+def connect(
+    settings: Settings, *, retries: int = 12, timeout_s: float = WORKER_TIMEOUT_S
+) -> redis.Redis:
     """A client for the configured Redis; by default it rides out a restart of ~20 s.
 
+    Connecting and each reply wait at most `timeout_s`; TCP keepalive finds dead peers.
     Retried commands are safe here: every write the project makes is idempotent
     (games are keyed by id, counters are only touched inside those writes).
     """
@@ -64,9 +72,31 @@ def connect(settings: Settings, *, retries: int = 12) -> redis.Redis:
         redis_url(settings),
         retry=Retry(ExponentialWithJitterBackoff(base=0.2, cap=2.0), retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        socket_connect_timeout=5,
+        socket_connect_timeout=min(5.0, timeout_s),
+        socket_timeout=timeout_s,
+        socket_keepalive=True,
         health_check_interval=15,
     )
+
+
+_POOL_STATE = (
+    "orig_socket_timeout",
+    "orig_socket_connect_timeout",
+    "maint_notifications_pool_handler",
+    "himport_registry",
+)
+
+
+def with_timeout(client: redis.Redis, timeout_s: float) -> redis.Redis:
+    """A client of the same Redis (same address, password, TLS) that fails within
+    `timeout_s`, without retries: for health checks."""
+    kwargs = dict(client.connection_pool.connection_kwargs)
+    kwargs.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    # Per-pool state redis-py adds to the kwargs: the new pool makes its own.
+    for k in _POOL_STATE:
+        kwargs.pop(k, None)
+    pool = redis.ConnectionPool(connection_class=client.connection_pool.connection_class, **kwargs)
+    return redis.Redis(connection_pool=pool, retry=Retry(ExponentialWithJitterBackoff(), 0))
 
 
 def find_redis_server() -> str:
@@ -97,13 +127,25 @@ def server_command(
     return cmd
 
 
-def _embedded_client() -> redis.Redis:
-    return redis.Redis(host=EMBEDDED_HOST, port=EMBEDDED_PORT, socket_connect_timeout=1)
+def _embedded_client(settings: Settings) -> redis.Redis:
+    return redis.Redis(
+        host=EMBEDDED_HOST,
+        port=EMBEDDED_PORT,
+        password=embedded_redis_password(settings.data_dir),
+        socket_connect_timeout=1,
+        socket_timeout=5,
+    )
 
 
 def _responds(client: redis.Redis) -> bool:
+    """True if our Redis answers; raises ConnectionError if another server holds the port."""
     try:
         return bool(client.ping())
+    except (redis.AuthenticationError, redis.ResponseError) as e:
+        raise ConnectionError(
+            f"a Redis on {EMBEDDED_HOST}:{EMBEDDED_PORT} refuses the project's password "
+            f"(is it another program's, or one started before passwords?): {e}"
+        ) from None
     except redis.RedisError:
         return False
 
@@ -118,6 +160,19 @@ def _wait_forever(message: str) -> int:
     return 0
 
 
+def _embedded_command(settings: Settings) -> list[str]:
+    """The embedded redis-server's command line. The password goes in through a config
+    file (mode 600) that redis-server reads, so that no `ps` listing shows it."""
+    data_dir = (settings.data_dir / "redis").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / "auth.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f'requirepass "{embedded_redis_password(settings.data_dir)}"\n')
+    binary = find_redis_server()
+    return [binary, str(conf), *server_command(EMBEDDED_PORT, data_dir, binary=binary)[1:]]
+
+
 def run_foreground(settings: Settings) -> int:
     """`hexz redis`: runs the project-managed redis-server in the foreground (for honcho)."""
     if not is_embedded(settings):
@@ -125,11 +180,9 @@ def run_foreground(settings: Settings) -> int:
             f"HEXZ_REDIS_URL is set ({masked_url(redis_url(settings))}): "
             "no project-managed Redis to run"
         )
-    if _responds(_embedded_client()):
+    if _responds(_embedded_client(settings)):
         return _wait_forever(f"a Redis already answers on {EMBEDDED_HOST}:{EMBEDDED_PORT}")
-    data_dir = settings.data_dir / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cmd = server_command(EMBEDDED_PORT, data_dir.resolve())
+    cmd = _embedded_command(settings)
     os.execv(cmd[0], cmd)  # replaces this process: honcho's signals reach redis-server
     raise AssertionError("unreachable")
 
@@ -142,12 +195,10 @@ def ensure_running(settings: Settings, timeout_s: float = 30.0) -> subprocess.Po
     """
     if not is_embedded(settings):
         return None
-    client = _embedded_client()
+    client = _embedded_client(settings)
     if _responds(client):
         return None
-    data_dir = settings.data_dir / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(server_command(EMBEDDED_PORT, data_dir.resolve()))
+    proc = subprocess.Popen(_embedded_command(settings))
     deadline = time.monotonic() + timeout_s
     while not _responds(client):
         if proc.poll() is not None:

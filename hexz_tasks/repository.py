@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,10 @@ KEEP_PUBLISHED = 4
 
 class CheckpointError(ModelError):
     """A checkpoint file is missing or corrupt; the message names the file."""
+
+
+class NotOwnerError(RuntimeError):
+    """The writer lost its right to write the checkpoint (e.g. the training lock)."""
 
 
 def params_from_settings(settings: Settings) -> ModelParams:
@@ -100,9 +105,14 @@ class ModelRepository:
         optimizer_state: dict[str, Any] | None = None,
         settings: Settings | None = None,
         stats: dict[str, Any] | None = None,
+        still_owner: Callable[[], bool] | None = None,
     ) -> Path:
         """Writes checkpoint `n` atomically. If it already exists (another trainer won the
-        race) the new one is discarded and FileExistsError raised."""
+        race) the new one is discarded and FileExistsError raised.
+
+        `still_owner` is asked right before the rename that makes the checkpoint appear;
+        if it says False (or raises), nothing is left behind and NotOwnerError is raised.
+        """
         self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temps()
         final = self.checkpoint_dir(n)
@@ -126,6 +136,8 @@ class ModelRepository:
             for name, data in files.items():
                 write_synced(tmp / name, data)
             fsync_dir(tmp)
+            if still_owner is not None and not _asks_true(still_owner):
+                raise NotOwnerError(f"not the owner any more: checkpoint {n} discarded")
             try:
                 os.rename(tmp, final)
             except OSError as e:  # the final directory appeared meanwhile (ENOTEMPTY/EEXIST)
@@ -219,6 +231,13 @@ def fetch_latest(r: redis.Redis, keys: Keys) -> tuple[str, int] | None:
 def fetch_model_bytes(r: redis.Redis, keys: Keys, name: str, checkpoint: int) -> bytes | None:
     """TorchScript bytes of a published checkpoint (None once it was retired)."""
     return r.get(keys.model_bytes(name, checkpoint))
+
+
+def _asks_true(check: Callable[[], bool]) -> bool:
+    try:
+        return bool(check())
+    except Exception:  # e.g. Redis unreachable: ownership cannot be shown
+        return False
 
 
 def _torch_bytes(obj: Any) -> bytes:

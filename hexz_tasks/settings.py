@@ -10,15 +10,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
+from urllib.parse import urlsplit, urlunsplit
 
 from hexz_tasks.architectures import ARCHITECTURES
 from hexz_tasks.players import parse_baseline
 
 ENV_PREFIX = "HEXZ_"
+
+# Settings whose values are never written (settings.json) or shown (status page, logs).
+SECRET_SETTINGS = frozenset({"flower_basic_auth", "grpc_token"})
+MASK = "***"
+
+# Model names become directory names and Redis keys: letters, digits, ".", "_", "-".
+MODEL_NAME_MAX_LEN = 64
+_MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # Variables that other programs of the Hexz family read from the same environment;
 # they are not ours to validate.
@@ -137,7 +147,26 @@ class Settings:
     max_suggest_iterations: int = 100_000
     # CPU player requests searched at the same time; more wait for a free slot.
     max_concurrent_suggestions: int = 4
+    # `user:password[,user:password]` for Flower; unset: `hexz flower` generates one.
     flower_basic_auth: str | None = None
+    # gRPC TrainingService for workers on other machines: a shared token the clients send
+    # as "authorization: Bearer <token>" metadata (None: no check), and TLS (both files
+    # or neither; None: plain text, for 127.0.0.1).
+    grpc_token: str | None = None
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    # ControlEvents streams held open at once (each holds a server thread; more are
+    # refused) and how long one lives before the server ends it (the worker reconnects).
+    grpc_max_event_streams: int = 16
+    grpc_event_stream_max_age_s: float = 600.0
+    # Disk retention (hexz_tasks.retention), applied after each training and by `hexz gc`:
+    # the newest KEEP_LAST_CHECKPOINTS checkpoints (with their archives) and every
+    # KEEP_EVERY_CHECKPOINT-th one (0: none) stay, and example chunks holding at least
+    # KEEP_EXAMPLES examples (None: what the training window or replay buffer needs).
+    retention: bool = True
+    keep_last_checkpoints: int = 20
+    keep_every_checkpoint: int = 10
+    keep_examples: int | None = None
 
     @property
     def repo_base_dir(self) -> Path:
@@ -217,8 +246,11 @@ class Settings:
                 f"HEXZ_MODEL_TYPE={self.model_type!r} is invalid: expected one of "
                 f"{', '.join(ARCHITECTURES)}"
             )
-        if not self.model_name or "/" in self.model_name or self.model_name.startswith("."):
-            raise SettingsError(f"HEXZ_MODEL_NAME is not a valid name: {self.model_name!r}")
+        if not valid_model_name(self.model_name):
+            raise SettingsError(
+                f"HEXZ_MODEL_NAME must be 1-{MODEL_NAME_MAX_LEN} letters, digits, '.', '_' "
+                f"or '-' (not starting with '.', '_' or '-'), got {self.model_name[:80]!r}"
+            )
         if self.device != "cpu" and not (
             self.device == "cuda" or self.device.startswith("cuda:") or self.device == "mps"
         ):
@@ -237,6 +269,34 @@ class Settings:
             )
         if self.flower_basic_auth is not None and ":" not in self.flower_basic_auth:
             raise SettingsError("HEXZ_FLOWER_BASIC_AUTH must be user:password[,user:password]")
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise SettingsError("set both HEXZ_GRPC_TLS_CERT and HEXZ_GRPC_TLS_KEY, or neither")
+        if self.grpc_token is not None and len(self.grpc_token) < 16:
+            raise SettingsError("HEXZ_GRPC_TOKEN must be at least 16 characters")
+        for name in ["grpc_max_event_streams", "grpc_event_stream_max_age_s"]:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_var(name)} must be positive, got {getattr(self, name)}")
+        if self.keep_last_checkpoints < 1 or self.keep_every_checkpoint < 0:
+            raise SettingsError(
+                "HEXZ_KEEP_LAST_CHECKPOINTS must be >= 1 and HEXZ_KEEP_EVERY_CHECKPOINT >= 0, "
+                f"got {self.keep_last_checkpoints} and {self.keep_every_checkpoint}"
+            )
+        if self.keep_examples is not None and self.keep_examples < 1:
+            raise SettingsError(f"HEXZ_KEEP_EXAMPLES must be positive, got {self.keep_examples}")
+
+    def public_dict(self) -> dict[str, Any]:
+        """Every setting as a JSON value, secrets masked (what may be written or shown)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Path):
+                v = str(v)
+            if f.name in SECRET_SETTINGS and v:
+                v = MASK
+            if f.name == "redis_url" and v:
+                v = masked_url(v)
+            out[f.name] = v
+        return out
 
     def arena_baseline_labels(self) -> list[str]:
         """The players named by arena_baselines, as labelled in stored games."""
@@ -256,15 +316,24 @@ class Settings:
         return list(dict.fromkeys(labels))
 
     def to_json(self) -> str:
-        """The whole configuration, for writing next to a checkpoint."""
-        return json.dumps(
-            {
-                k: (str(v) if isinstance(v, Path) else v)
-                for k, v in dataclasses.asdict(self).items()
-            },
-            indent=2,
-            sort_keys=True,
-        )
+        """The whole configuration, secrets masked, for writing next to a checkpoint."""
+        return json.dumps(self.public_dict(), indent=2, sort_keys=True)
+
+
+def valid_model_name(name: str) -> bool:
+    return len(name) <= MODEL_NAME_MAX_LEN and _MODEL_NAME_RE.fullmatch(name) is not None
+
+
+def masked_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs, status pages and files."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
 
 
 def parse_lr_schedule(text: str) -> list[tuple[int, float]]:

@@ -34,7 +34,7 @@ def gather_status(
 
     now = time.time() if now is None else now
     keys = Keys(settings.key_prefix)
-    r = r or connect(settings, retries=0)  # answer now, not after a long retry
+    r = r or connect(settings, retries=0, timeout_s=2.0)  # answer now, not after retries
     out: dict[str, Any] = {"redis": masked_url(redis_url(settings)), "time": now}
     try:
         r.ping()
@@ -117,8 +117,17 @@ def _ping(settings: Settings, timeout: float) -> set[str]:
 
 def print_status(settings: Settings) -> int:
     """`hexz status`."""
+    from hexz_tasks.retention import disk_usage
+
     s = gather_status(settings)
     print(f"Redis:       {s['redis']}")
+    d = disk_usage(settings)
+    print(
+        f"disk:        {_mb(d['checkpoint_bytes'])} in {d['checkpoints']} checkpoint(s), "
+        f"{_mb(d['archive_bytes'])} archives, {_mb(d['chunk_bytes'])} example chunks, "
+        f"{_mb(d['redis_bytes'])} Redis files; {_mb(d['free_bytes'])} free "
+        f"(`hexz gc` applies the retention policy now)"
+    )
     if "error" in s:
         print(f"error:       {s['error']}")
         print("             start the pipeline with `hexz run` (or `hexz redis`)")
@@ -157,6 +166,10 @@ def print_status(settings: Settings) -> int:
             f"worker:      {name}: queues {queues}, {w.get('concurrency', '?')} process(es){alive}"
         )
     return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
 def _span(cps: list[int] | None) -> str:

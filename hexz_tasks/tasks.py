@@ -219,6 +219,10 @@ class _Heartbeat:
         self._thread.join()
         self.r.delete(self.keys.training_active)
 
+    def owns(self) -> bool:
+        """Whether this trainer still holds the lock (its token is still in Redis)."""
+        return not self.lost and bool(self.lock.owned())
+
     def _run(self) -> None:
         while not self._stop.wait(LOCK_TTL_S / 3):
             try:
@@ -272,7 +276,7 @@ def run_training_tick(settings: Settings, r: redis.Redis, keys: Keys) -> dict[st
         with _Heartbeat(lock, r, keys, active) as heartbeat:
             _event(r, keys, "training_started", base)
             try:
-                stats = train_once(settings, store, repo)
+                stats = train_once(settings, store, repo, still_owner=heartbeat.owns)
                 if stats is not None and heartbeat.lost:
                     raise RuntimeError("training lock lost while training; not publishing")
             except BaseException:

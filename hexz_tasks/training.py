@@ -25,7 +25,7 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -141,12 +141,16 @@ def train_once(
     repo: ModelRepository,
     *,
     dataset: Dataset | None = None,
+    still_owner: Callable[[], bool] | None = None,
 ) -> dict[str, Any] | None:
     """Trains checkpoint latest+1 if enough new examples arrived; returns its stats or None.
 
     Publishing the checkpoint, recording the run and the training events are the Celery
-    task's part (tasks.run_training_tick): this stays a plain function of store and disk
-    (and writes the trainer's TensorBoard events, hexz_tasks.tensorboard_events).
+    task's part (tasks.run_training_tick): this stays a plain function of store and disk.
+    `still_owner` (e.g. "this process still holds the training lock") is checked right
+    before the new checkpoint appears (ModelRepository.save). Afterwards the disk
+    retention policy runs (hexz_tasks.retention).
+    The trainer's TensorBoard events are written here too (hexz_tasks.tensorboard_events).
     """
     params = params_from_settings(settings)
     base = repo.ensure_initial(params, settings)
@@ -160,8 +164,14 @@ def train_once(
     if dataset.count() == 0:  # the first examples have not settled in Redis yet
         return None
     pipeline = tensorboard_events.pipeline_scalars(store.redis, store.keys, base_stats.get("end"))
-    stats = train_checkpoint(settings, repo, dataset, base, total, pipeline=pipeline)
+    stats = train_checkpoint(
+        settings, repo, dataset, base, total, pipeline=pipeline, still_owner=still_owner
+    )
     store.set_trained(total)
+    if settings.retention:
+        from hexz_tasks.retention import collect_garbage_quietly
+
+        collect_garbage_quietly(settings, repo, dataset, store.redis, store.keys)
     return stats
 
 
@@ -173,6 +183,7 @@ def train_checkpoint(
     total: int,
     *,
     pipeline: dict[str, float] | None = None,
+    still_owner: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Trains checkpoint base+1 from the dataset's newest examples and saves it (no trigger
     check, no draining); `total` is the store's example count recorded in its stats.
@@ -289,6 +300,14 @@ def train_checkpoint(
         "step": step,
         "state": _to_cpu(optimizer.state_dict()),
     }
-    repo.save(base + 1, model, params, optimizer_state=opt_state, settings=settings, stats=stats)
+    repo.save(
+        base + 1,
+        model,
+        params,
+        optimizer_state=opt_state,
+        settings=settings,
+        stats=stats,
+        still_owner=still_owner,
+    )
     tensorboard_events.log_training(settings, stats, step_losses.tolist(), learning_rates, pipeline)
     return stats

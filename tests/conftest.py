@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from hexz_tasks.keys import Keys
 from hexz_tasks.redis_server import server_command
@@ -49,6 +50,11 @@ def pytest_configure(config: pytest.Config) -> None:
             "redis-server is not on PATH: the tests start their own throwaway redis-servers "
             "(Debian: apt-get install redis-server; .ci/run installs it)"
         )
+
+
+# `pytest --hypothesis-profile=thorough tests/test_fuzz_edges.py`: the decoders' long fuzz
+# runs (10,000 examples per test); the default run keeps Hypothesis's 100.
+hypothesis_settings.register_profile("thorough", max_examples=10_000, deadline=None)
 
 
 def free_port() -> int:

@@ -92,7 +92,7 @@ def test_bad_archives_are_rejected_naming_file_and_example(
     not_proto.write_bytes(gzip.compress(b"\xff\xff\xff"))
     added, errors = import_files([bad, good, not_gzip, not_proto], store)
     assert added == len(_request(1).examples)  # the good file, nothing of the bad one
-    assert errors[0] == f"{bad} example 4: board contains NaN or infinity"
+    assert errors[0] == f"{bad}: examples[4].board has NaN or infinite values"
     assert errors[1].startswith(f"{not_gzip}: not a gzip-compressed AddTrainingExamplesRequest")
     assert errors[2].startswith(f"{not_proto}: not a gzip-compressed AddTrainingExamplesRequest")
 
@@ -134,7 +134,7 @@ def test_cli_import_and_export(
         [*hexz, "import", str(good), str(bad)], env=env, capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 1
-    assert f"{bad} example 2: result is not -1, 0 or 1" in run.stderr
+    assert f"{bad}: examples[2].result must be -1, 0 or 1, got 3.0" in run.stderr
     assert store.total_examples() == len(good_req.examples)
     run = subprocess.run(
         [*hexz, "export", "--out", str(tmp_path / "out"), "--encoding", "pytorch"],

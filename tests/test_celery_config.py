@@ -33,6 +33,7 @@ from hexz_tasks.celery import (
     forget_dead_local_tasks,
     make_app,
 )
+from hexz_tasks.credentials import embedded_redis_password
 from hexz_tasks.keys import Keys
 from hexz_tasks.launcher import PROCESSES, QUICKSTART, pipeline_env
 from hexz_tasks.redis_server import EMBEDDED_PORT, masked_url, redis_url
@@ -56,9 +57,18 @@ def test_one_redis_url_for_broker_and_backend_and_json_only() -> None:
     assert conf["task_serializer"] == conf["result_serializer"] == "json"
 
 
-def test_embedded_redis_is_the_default_url() -> None:
-    assert redis_url(settings_for()) == f"redis://127.0.0.1:{EMBEDDED_PORT}/0"
-    assert celery_config(settings_for())["broker_url"] == redis_url(settings_for())
+def test_embedded_redis_is_the_default_url_with_a_generated_password(tmp_path: Path) -> None:
+    settings = settings_for(data_dir=tmp_path / "data")
+    url = redis_url(settings)
+    password_file = tmp_path / "data" / "redis" / "password"
+    password = password_file.read_text().strip()
+    assert len(password) >= 24
+    assert url == f"redis://:{password}@127.0.0.1:{EMBEDDED_PORT}/0"
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    # Every later process finds the same password; the broker uses it too.
+    assert redis_url(settings_for(data_dir=tmp_path / "data")) == url
+    assert celery_config(settings)["broker_url"] == url
+    assert redis_url(settings_for(data_dir=tmp_path / "other")) != url
 
 
 def test_reliability_settings_and_limits_below_the_visibility_timeout() -> None:
@@ -201,7 +211,8 @@ def test_hexz_redis_runs_the_embedded_server_with_aof_in_the_data_dir(tmp_path: 
         [sys.executable, "-m", "hexz_tasks.cli", "redis"], env=env, cwd=REPO_ROOT
     )
     try:
-        client = redis.Redis(port=EMBEDDED_PORT, socket_connect_timeout=1)
+        password = embedded_redis_password(tmp_path / "data")
+        client = redis.Redis(port=EMBEDDED_PORT, password=password, socket_connect_timeout=1)
 
         def up() -> bool:
             try:
@@ -211,6 +222,10 @@ def test_hexz_redis_runs_the_embedded_server_with_aof_in_the_data_dir(tmp_path: 
                 return False
 
         wait_for(up, 30, "the embedded redis-server")
+        # Only with the generated password, which no process listing shows.
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=EMBEDDED_PORT, socket_connect_timeout=1).ping()
+        assert password.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         config = {**client.config_get("appendonly"), **client.config_get("maxmemory-policy")}
         assert config == {"appendonly": "yes", "maxmemory-policy": "noeviction"}
         assert client.config_get("bind")["bind"] == "127.0.0.1"

@@ -77,13 +77,13 @@ class Running:
         return int(self.redis.xlen(self.keys.examples_stream))
 
 
-def run_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def run_servers(tmp_path_factory: pytest.TempPathFactory, **overrides: Any) -> Iterator[Running]:
     """Redis + HTTP + gRPC servers, started in this process on free ports (for a
-    module-scoped fixture)."""
+    module-scoped fixture); `overrides` change tiny_settings."""
     tmp = tmp_path_factory.mktemp("server")
     rs = RedisServer(tmp / "redis")
     rs.start()
-    settings = tiny_settings(tmp / "data", rs.url)
+    settings = tiny_settings(tmp / "data", rs.url, **overrides)
     client = rs.client()
     servers = start_servers(settings, host="127.0.0.1", port=0, grpc_port=0, client=client)
     try:

@@ -51,7 +51,9 @@ def prepare_model(state: ServerState) -> None:
     """Makes sure the CPU player and FetchModel have a model.
 
     With HEXZ_LOCAL_MODEL_PATH, that file must load (fail at start-up, not on the first
-    request). Otherwise, when no model is published and the repository on this disk is
+    request); Redis is not needed for it, so the server starts (and reports unhealthy)
+    while Redis is unreachable. Otherwise Redis must answer (else ConnectionError naming
+    the masked URL), and when no model is published and the repository on this disk is
     empty, create checkpoint 0 there (as the original training server did). It is not
     published: the trainer publishes what it trains from, so a server on another
     machine never announces a checkpoint 0 that the trainer does not have.
@@ -62,7 +64,17 @@ def prepare_model(state: ServerState) -> None:
             raise FileNotFoundError(f"HEXZ_LOCAL_MODEL_PATH {settings.local_model_path} not found")
         state.models.get()
         return
-    if state.redis.get(state.keys.latest_model) is None and state.repo.latest() is None:
+    try:
+        published = state.redis.get(state.keys.latest_model)
+    except redis.RedisError as e:
+        from hexz_tasks.redis_server import masked_url, redis_url
+
+        raise ConnectionError(
+            f"cannot reach Redis at {masked_url(redis_url(settings))} ({e}); "
+            "without it the servers have no model (set HEXZ_LOCAL_MODEL_PATH to serve the "
+            "CPU player from a file)"
+        ) from None
+    if published is None and state.repo.latest() is None:
         try:
             state.repo.ensure_initial_checkpoint(settings)
             log.info("created checkpoint 0 of %s", settings.model_name)

@@ -12,103 +12,41 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
+import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
-import numpy as np
 import redis
 
 from hexz_tasks import hexz_pb2, hexz_pb2_grpc
-from hexz_tasks.examples import decode_array, npy_bytes
-from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE
-from hexz_tasks.server.player import Busy, ClientError, Unavailable
+from hexz_tasks.server.grpc_guard import Guard, server_credentials
+from hexz_tasks.server.player import MAX_REQUEST_BYTES, Busy, ClientError, Unavailable
 from hexz_tasks.server.state import NotFound, ServerState
 from hexz_tasks.store import StoreFullError
+from hexz_tasks.validation import InvalidExample, validate_examples
 
 log = logging.getLogger(__name__)
 
 Status = hexz_pb2.AddTrainingExamplesResponse.Status
-# Big enough for any checkpoint we make (a 5x128 conv2d TorchScript file is ~3 MB).
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# Replies carry models: big enough for any checkpoint we make (5x128 TorchScript ~3 MB).
+MAX_SEND_BYTES = 256 * 1024 * 1024
+# Requests are one game's examples (~7-12 kB each, at most a few hundred) or a suggest
+# request (a few kB). The limit holds for the decompressed message, so a gzip bomb
+# costs the server no more than this.
+MAX_RECEIVE_BYTES = 8 * 1024 * 1024
+MAX_EXAMPLES_PER_REQUEST = 1000
 # Polling interval of a ControlEvents stream; bounds how long a cancelled stream lingers.
 EVENT_POLL_S = 0.5
-
-
-def check_example(ex: hexz_pb2.TrainingExample, i: int) -> hexz_pb2.TrainingExample:
-    """A validated copy of `ex` with NUMPY-encoded arrays; ValueError names the problem."""
-    what = f"examples[{i}]"
-    if ex.encoding not in (hexz_pb2.TrainingExample.NUMPY, hexz_pb2.TrainingExample.PYTORCH):
-        raise ValueError(f"{what}: unknown encoding {ex.encoding}")
-    board = _array(ex.board, ex.encoding, f"{what}.board", BOARD_SHAPE, np.float32)
-    if ((board != np.round(board)) | (board < 0) | (board > 5)).any():
-        raise ValueError(f"{what}.board has entries that are not whole numbers in 0..5")
-    probs = _array(ex.move_probs, ex.encoding, f"{what}.move_probs", MASK_SHAPE, np.float32)
-    if (probs < 0).any() or abs(float(probs.sum()) - 1.0) > 1e-3:
-        raise ValueError(f"{what}.move_probs must be >= 0 and sum to 1, sum is {probs.sum():.4f}")
-    if ex.result not in (-1.0, 0.0, 1.0):
-        raise ValueError(f"{what}.result must be -1, 0 or 1, got {ex.result}")
-    if ex.turn not in (0, 1):
-        raise ValueError(f"{what}.turn must be 0 or 1, got {ex.turn}")
-    out = hexz_pb2.TrainingExample()
-    out.CopyFrom(ex)
-    out.encoding = hexz_pb2.TrainingExample.NUMPY
-    out.board = npy_bytes(board)
-    out.move_probs = npy_bytes(probs)
-    if ex.action_mask:
-        mask = _array(ex.action_mask, ex.encoding, f"{what}.action_mask", MASK_SHAPE, np.bool_)
-    else:
-        # Workers that leave the mask out: the legal moves of the player to move, who
-        # is player 0 of this board's view.
-        from hexz_tasks.engine import Board
-
-        try:
-            mask = Board.from_tensor(board).action_mask(0)
-        except ValueError as e:
-            raise ValueError(f"{what}.board is not a possible board: {e}") from None
-    if float(probs[~mask].sum()) > 0:
-        raise ValueError(f"{what}.move_probs puts weight on moves the action_mask forbids")
-    out.action_mask = npy_bytes(mask)
-    if ex.HasField("model_predictions") and ex.model_predictions.priors:
-        priors = _array(
-            ex.model_predictions.priors,
-            ex.encoding,
-            f"{what}.model_predictions.priors",
-            MASK_SHAPE,
-            np.float32,
-        )
-        out.model_predictions.priors = npy_bytes(priors)
-    return out
-
-
-def _array(data: bytes, encoding: int, what: str, shape: tuple, dtype: type) -> np.ndarray:
-    if not data:
-        raise ValueError(f"{what} is missing")
-    if encoding == hexz_pb2.TrainingExample.NUMPY and not data.startswith(b"\x93NUMPY"):
-        raise ValueError(f"{what} is not a .npy file (the example says encoding NUMPY)")
-    try:
-        a = decode_array(data, encoding, what)
-    except ValueError as e:
-        # torch's refusals run over many lines with terminal colour codes: keep the gist.
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split("\n")[0]
-        raise ValueError(first[:300]) from None
-    if a.shape != shape:
-        raise ValueError(f"{what} must have shape {shape}, got {a.shape}")
-    if dtype is np.bool_:
-        if a.dtype != np.bool_ and not np.isin(a, (0, 1)).all():
-            raise ValueError(f"{what} must be boolean, got {a.dtype} with other values")
-        return a.astype(np.bool_)
-    if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{what} must be floating point, got {a.dtype}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{what} has NaN or infinite values")
-    return a.astype(dtype)
+# Server threads beyond the ControlEvents streams, for every other call.
+SPARE_GRPC_THREADS = 16
 
 
 class TrainingService(hexz_pb2_grpc.TrainingServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        self._streams = threading.BoundedSemaphore(state.settings.grpc_max_event_streams)
 
     def AddTrainingExamples(
         self, request: hexz_pb2.AddTrainingExamplesRequest, context: grpc.ServicerContext
@@ -122,18 +60,26 @@ class TrainingService(hexz_pb2_grpc.TrainingServiceServicer):
         resp.latest_model.CopyFrom(latest)
         if not request.examples:
             return _rejected(resp, Status.REJECTED_OTHER, "request has no examples")
+        if len(request.examples) > MAX_EXAMPLES_PER_REQUEST:
+            return _rejected(
+                resp,
+                Status.REJECTED_OTHER,
+                f"request has {len(request.examples)} examples, at most "
+                f"{MAX_EXAMPLES_PER_REQUEST} are accepted at once",
+            )
         name = st.settings.model_name
         for i, ex in enumerate(request.examples):
             if ex.HasField("model_key") and ex.model_key.name and ex.model_key.name != name:
                 return _rejected(
                     resp,
                     Status.REJECTED_WRONG_MODEL,
-                    f"examples[{i}] was made by model {ex.model_key.name!r}; "
+                    f"examples[{i}] was made by model {ex.model_key.name[:80]!r}; "
                     f"this server trains {name!r}",
                 )
+        newest = latest.checkpoint if latest.name == name else None
         try:
-            examples = [check_example(ex, i) for i, ex in enumerate(request.examples)]
-        except ValueError as e:
+            examples = validate_examples(request.examples, max_checkpoint=newest)
+        except InvalidExample as e:
             return _rejected(resp, Status.REJECTED_OTHER, str(e))
         # A retried request has the same bytes, so the same id: stored once.
         batch_id = (
@@ -187,10 +133,29 @@ class TrainingService(hexz_pb2_grpc.TrainingServiceServicer):
     def ControlEvents(
         self, request: hexz_pb2.ControlRequest, context: grpc.ServicerContext
     ) -> Iterator[hexz_pb2.ControlEvent]:
+        """Events until the client leaves or the stream reaches its maximum age (the
+        worker then reconnects). At most `grpc_max_event_streams` at once: each holds a
+        server thread, and the threads beyond them stay free for every other call."""
+        settings = self.state.settings
+        if not self._streams.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"all {settings.grpc_max_event_streams} ControlEvents streams are taken; "
+                "retry later",
+            )
+        try:
+            yield from self._events(context, settings.grpc_event_stream_max_age_s)
+        finally:
+            self._streams.release()
+
+    def _events(
+        self, context: grpc.ServicerContext, max_age_s: float
+    ) -> Iterator[hexz_pb2.ControlEvent]:
+        end = time.monotonic() + max_age_s
         pubsub = self.state.redis.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self.state.keys.events_channel)
-            while context.is_active():
+            while context.is_active() and time.monotonic() < end:
                 msg = pubsub.get_message(timeout=EVENT_POLL_S)
                 if msg is None:
                     continue
@@ -233,6 +198,12 @@ class CPUPlayerService(hexz_pb2_grpc.CPUPlayerServiceServicer):
     def SuggestMove(
         self, request: hexz_pb2.SuggestMoveRequest, context: grpc.ServicerContext
     ) -> hexz_pb2.SuggestMoveResponse:
+        size = request.ByteSize()
+        if size > MAX_REQUEST_BYTES:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"SuggestMoveRequest is {size} bytes, at most {MAX_REQUEST_BYTES} are accepted",
+            )
         try:
             out = self.state.player.suggest(request.SerializeToString())
         except ClientError as e:
@@ -244,25 +215,36 @@ class CPUPlayerService(hexz_pb2_grpc.CPUPlayerServiceServicer):
         return hexz_pb2.SuggestMoveResponse.FromString(out)
 
 
-def make_grpc_server(
-    state: ServerState, host: str, port: int, max_workers: int = 64
-) -> tuple[grpc.Server, int]:
+def make_grpc_server(state: ServerState, host: str, port: int) -> tuple[grpc.Server, int]:
     """A started gRPC server with both services; returns it and the bound port.
 
-    Each ControlEvents stream holds a worker thread; calls beyond `max_workers` get
-    RESOURCE_EXHAUSTED instead of queueing behind streams that never end.
+    Threads: one per allowed ControlEvents stream plus SPARE_GRPC_THREADS, so streams
+    never starve other calls; calls beyond the threads get RESOURCE_EXHAUSTED instead of
+    queueing. TLS and the shared-token check (grpc_guard) follow the settings.
     """
+    settings = state.settings
+    threads = settings.grpc_max_event_streams + SPARE_GRPC_THREADS
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        maximum_concurrent_rpcs=max_workers,
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+        interceptors=[Guard(settings.grpc_token)],
+        maximum_concurrent_rpcs=threads,
         options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            # Dead peers (a worker machine that vanished) are found within a minute.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
         ],
     )
     hexz_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingService(state), server)
     hexz_pb2_grpc.add_CPUPlayerServiceServicer_to_server(CPUPlayerService(state), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    creds = server_credentials(settings)
+    bound = (
+        server.add_secure_port(address, creds)
+        if creds is not None
+        else server.add_insecure_port(address)
+    )
     if bound == 0:
         raise OSError(f"cannot bind the gRPC server to {host}:{port}")
     server.start()

@@ -7,12 +7,15 @@ says what is wrong; only the server's own bugs become a 500.
 
 from __future__ import annotations
 
+import logging
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import redis
 from flask import Flask, Response, jsonify, render_template, request
+from flask.json.provider import DefaultJSONProvider
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
@@ -21,19 +24,43 @@ from hexz_tasks.examples import decode_array
 from hexz_tasks.layout import CELLS, COLS
 from hexz_tasks.server import overview as ov
 from hexz_tasks.server import plots, svg
-from hexz_tasks.server.player import Busy, ClientError, Unavailable
+from hexz_tasks.server.player import MAX_REQUEST_BYTES, Busy, ClientError, Unavailable
 from hexz_tasks.server.state import ServerState
 
+log = logging.getLogger(__name__)
+
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf", "application/octet-stream")
-# A SuggestMoveRequest is a few kB; anything this big is not one.
-MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES = MAX_REQUEST_BYTES
 MAX_EXAMPLES_SHOWN = 50
 # Rows of each status page table (newest first); the JSON endpoints have them all.
 ROWS_SHOWN = 20
+# waitress: a connection silent this long is closed (checked every CLEANUP_INTERVAL_S),
+# so half-sent requests cannot hold connections for minutes.
+CHANNEL_TIMEOUT_S = 10
+CLEANUP_INTERVAL_S = 2
+CONNECTION_LIMIT = 256
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with NaN and infinities replaced by None, in nested dicts, lists and tuples:
+    JSON has no NaN, and a browser's JSON.parse refuses it."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
+class FiniteJSONProvider(DefaultJSONProvider):
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return super().dumps(finite(obj), **kwargs)
 
 
 def create_app(state: ServerState) -> Flask:
     app = Flask(__name__)
+    app.json = FiniteJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
     @app.errorhandler(HTTPException)
@@ -59,7 +86,7 @@ def create_app(state: ServerState) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
-        ok = ov.redis_ok(state.redis)
+        ok = ov.redis_ok(state.health_redis)
         body = {"ok": ok, "redis": ok, "cpu_player_model": state.models.describe()}
         return jsonify(body), (200 if ok else 503)
 
@@ -114,7 +141,7 @@ def create_app(state: ServerState) -> Flask:
                     else None,
                 }
             )
-        return jsonify(out)
+        return jsonify(out)  # FiniteJSONProvider: a stored NaN becomes null
 
     @app.get("/favicon.ico")
     def favicon() -> Response:
@@ -148,9 +175,10 @@ def _error(code: int, message: str) -> tuple[Response, int]:
 
 
 def _fmt_time(t: float | None) -> str:
-    if not t:
+    try:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if t else "-"
+    except (ValueError, OverflowError, OSError):  # a stored time far outside the calendar
         return "-"
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _fmt_duration(seconds: float | None) -> str:
@@ -176,7 +204,8 @@ def _plots(data: dict[str, Any]) -> dict[str, Markup]:
     runs = [
         [r["checkpoint"], r["loss"], r["policy_loss"], r["value_loss"]]
         for r in data["training_runs"]
-        if isinstance(r["checkpoint"], int) and None not in (r["policy_loss"], r["value_loss"])
+        if isinstance(r["checkpoint"], int)
+        and None not in (r["loss"], r["policy_loss"], r["value_loss"])
     ]
     curve = data["ratings"] or []
     rated = [[e["checkpoint"], e["rating"], e["low"], e["high"]] for e in curve if "rating" in e]
@@ -199,24 +228,26 @@ def _move_dict(ex: hexz_pb2.TrainingExample) -> dict[str, Any] | None:
     if not ex.HasField("move"):
         return None
     m = ex.move
+    names = hexz_pb2.Field.CellType
     return {
         "player_num": m.player_num,
         "move": m.move,
         "row": m.row,
         "col": m.col,
-        "cell_type": hexz_pb2.Field.CellType.Name(m.cell_type),
+        "cell_type": names.Name(m.cell_type) if m.cell_type in names.values() else m.cell_type,
     }
 
 
 def _example_view(i: int, ex: hexz_pb2.TrainingExample) -> dict[str, Any]:
-    """Template data for one example; undecodable arrays are shown as an error, not a 500."""
+    """Template data for one example; whatever is wrong with a stored example is shown as
+    an error on the page, not a 500."""
     view: dict[str, Any] = {
         "index": i,
         "turn": ex.turn,
-        "result": ex.result,
+        "result": finite(ex.result),
         "time": ex.unix_micros / 1e6 if ex.unix_micros else None,
         "move": _move_dict(ex),
-        "value": ex.model_predictions.value if ex.HasField("model_predictions") else None,
+        "value": finite(ex.model_predictions.value) if ex.HasField("model_predictions") else None,
         "model": f"{ex.model_key.name}:{ex.model_key.checkpoint}"
         if ex.HasField("model_key")
         else "-",
@@ -245,12 +276,15 @@ def _example_view(i: int, ex: hexz_pb2.TrainingExample) -> dict[str, Any]:
                         "p": float(flat[k]),
                     }
                 )
-    except ValueError as e:
+    except Exception as e:  # a bad stored example must not take the page down
+        log.warning("cannot draw stored example %d: %s", i, e)
         view["error"] = str(e)
     return view
 
 
-def make_http_server(app: Flask, host: str, port: int, threads: int) -> Any:
+def make_http_server(
+    app: Flask, host: str, port: int, threads: int, channel_timeout_s: int = CHANNEL_TIMEOUT_S
+) -> Any:
     """A waitress server (not yet running) with `threads` worker threads.
 
     Requests beyond the threads queue in waitress's bounded backlog; the CPU player's
@@ -264,8 +298,13 @@ def make_http_server(app: Flask, host: str, port: int, threads: int) -> Any:
         host=host,
         port=port,
         threads=threads,
-        connection_limit=256,
-        channel_timeout=120,
+        connection_limit=CONNECTION_LIMIT,
+        channel_timeout=channel_timeout_s,
+        cleanup_interval=CLEANUP_INTERVAL_S,
+        # Bodies beyond what the app accepts are refused (413) before they are read,
+        # instead of being buffered to a temporary file first.
+        max_request_body_size=MAX_BODY_BYTES,
+        asyncore_use_poll=True,
         ident="hexz",
         clear_untrusted_proxy_headers=True,
     )

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import logging
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,26 +19,13 @@ from hexz_tasks.tensorboard_events import tensorboard_command
 
 log = logging.getLogger(__name__)
 
-SECRET_SETTINGS = ("flower_basic_auth",)
 MAX_RUNS = 500
 MAX_CHECKPOINTS = 200
 
 
 def settings_dict(state: ServerState) -> dict[str, Any]:
     """All settings as JSON values, secrets masked."""
-    from hexz_tasks.redis_server import masked_url
-
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(state.settings):
-        v = getattr(state.settings, f.name)
-        if isinstance(v, Path):
-            v = str(v)
-        if f.name in SECRET_SETTINGS and v:
-            v = "***"
-        if f.name == "redis_url" and v:
-            v = masked_url(v)
-        out[f.name] = v
-    return out
+    return state.settings.public_dict()
 
 
 def training_runs(state: ServerState) -> list[dict[str, Any]]:

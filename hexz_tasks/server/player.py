@@ -21,6 +21,11 @@ from hexz_tasks.settings import Settings
 # thinking, or more iterations than an int32 holds.
 ABSURD_THINK_TIME_MS = 3_600_000
 ABSURD_ITERATIONS = 2**31 - 1
+# A SuggestMoveRequest is a few kB; anything this big is not one (HTTP and gRPC).
+MAX_REQUEST_BYTES = 1 << 20
+# How long a request waits for a free search slot before it is told to come back:
+# waiting longer would hold an HTTP or gRPC thread for a search that has not started.
+SLOT_WAIT_S = 0.25
 
 
 class ClientError(ValueError):
@@ -37,6 +42,8 @@ class Unavailable(RuntimeError):
 
 def parse_request(body: bytes) -> hexz_pb2.SuggestMoveRequest:
     """Parses and checks a SuggestMoveRequest; raises ClientError saying what is wrong."""
+    if len(body) > MAX_REQUEST_BYTES:
+        raise ClientError(f"request is {len(body)} bytes, at most {MAX_REQUEST_BYTES} accepted")
     req = hexz_pb2.SuggestMoveRequest()
     try:
         req.ParseFromString(body)
@@ -98,12 +105,13 @@ class CpuPlayer:
         self.active = 0
         self.served = 0
         self.rejected = 0
+        self.busy = 0
 
     def suggest(self, body: bytes) -> bytes:
         """Serialized SuggestMoveResponse for a serialized request.
 
-        Raises ClientError for bad requests, Busy when no slot frees up within the
-        request's think time, Unavailable when there is no model.
+        Raises ClientError for bad requests, Busy when no slot frees up within
+        SLOT_WAIT_S, Unavailable when there is no model.
         """
         start = time.monotonic()
         try:
@@ -111,14 +119,11 @@ class CpuPlayer:
         except ClientError:
             self._count("rejected")
             raise
-        # Wait for a slot at most as long as the client wants to wait for an answer
-        # (iteration-limited requests: the server's think-time cap).
-        budget_ms = req.max_think_time_ms or self.settings.max_think_time_ms
-        budget_ms = min(budget_ms, self.settings.max_think_time_ms)
-        if not self._slots.acquire(timeout=budget_ms / 1000):
+        if not self._slots.acquire(timeout=SLOT_WAIT_S):
+            self._count("busy")
             raise Busy(
-                f"all {self.settings.max_concurrent_suggestions} search slots stayed busy for "
-                f"{budget_ms} ms; try again"
+                f"all {self.settings.max_concurrent_suggestions} search slots are busy; "
+                "try again in a moment"
             )
         try:
             with self._lock:
@@ -150,5 +155,6 @@ class CpuPlayer:
                 "active": self.active,
                 "served": self.served,
                 "rejected": self.rejected,
+                "busy": self.busy,
                 "limit": self.settings.max_concurrent_suggestions,
             }

@@ -20,12 +20,19 @@ import redis
 from hexz_tasks import hexz_pb2
 from hexz_tasks.keys import Keys
 from hexz_tasks.server.player import CpuPlayer, Unavailable
-from hexz_tasks.settings import Settings
+from hexz_tasks.settings import MODEL_NAME_MAX_LEN, Settings, valid_model_name
 
 log = logging.getLogger(__name__)
 
 # Minutes of per-minute rate counters kept (as the self-play feeder keeps them).
 RATE_WINDOW_MIN = 60
+# Redis calls on request paths fail after this, so a hung Redis frees the server's threads.
+REQUEST_REDIS_TIMEOUT_S = 1.0
+# /healthz must answer within a second whatever Redis does.
+HEALTH_REDIS_TIMEOUT_S = 0.4
+# After Redis failed to say which checkpoint is newest, the CPU player plays on with its
+# loaded model this long before it asks again (each ask may cost a request timeout).
+MODEL_RECHECK_AFTER_FAILURE_S = 5.0
 
 
 class NotFound(LookupError):
@@ -33,8 +40,14 @@ class NotFound(LookupError):
 
 
 def check_model_name(name: str) -> str:
-    """Model names become directory names: refuse anything that could leave the repository."""
-    if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+    """Model names become directory names: refuse anything that could leave the repository.
+
+    A name longer than any model can have is NotFound (no such model); other bad names
+    are ValueError. Messages quote at most the start of the name, never a server path.
+    """
+    if len(name) > MODEL_NAME_MAX_LEN:
+        raise NotFound(f"no model named {name[:MODEL_NAME_MAX_LEN]!r}... (names are short)")
+    if not valid_model_name(name):
         raise ValueError(f"not a valid model name: {name!r}")
     return name
 
@@ -48,9 +61,15 @@ class ModelSource:
         self._lock = threading.Lock()
         self._key: tuple[str, int] | None = None
         self._model: Any = None
+        self._redis_retry_at = float("-inf")
 
     def get(self) -> Any:
-        """The current model (an inference.Evaluator); raises Unavailable if there is none."""
+        """The current model (an inference.Evaluator); raises Unavailable if there is none.
+
+        Asks Redis for a newer checkpoint on each call; while Redis cannot answer, a
+        model already loaded keeps playing (asking again MODEL_RECHECK_AFTER_FAILURE_S
+        after a failure).
+        """
         settings = self.state.settings
         if settings.local_model_path is not None:
             with self._lock:
@@ -58,7 +77,17 @@ class ModelSource:
                     self._model = self._load(settings.local_model_path.read_bytes())
                     log.info("CPU player uses %s", settings.local_model_path)
                 return self._model
-        latest = self.state.latest_model_key()
+        now = time.monotonic()
+        if self._model is not None and now < self._redis_retry_at:
+            return self._model
+        try:
+            latest = self.state.latest_model_key()
+        except redis.RedisError as e:
+            if self._model is None:
+                raise Unavailable(f"no model loaded and Redis is unavailable: {e}") from None
+            log.warning("Redis unavailable (%s); the CPU player keeps its loaded model", e)
+            self._redis_retry_at = now + MODEL_RECHECK_AFTER_FAILURE_S
+            return self._model
         key = (latest.name, latest.checkpoint)
         with self._lock:
             if key != self._key:
@@ -102,16 +131,21 @@ class ServerState:
         # A gRPC client should hear "at capacity" soon rather than hang on a full store.
         self.store = ExampleStore(self.redis, self.keys, full_wait_s=5.0)
         self.repo = ModelRepository(self.settings.repo_base_dir, self.settings.model_name)
+        from hexz_tasks.redis_server import with_timeout
+
+        self.health_redis = with_timeout(self.redis, HEALTH_REDIS_TIMEOUT_S)
         self.models = ModelSource(self)
         self._pruned_minute = 0
         self.player = CpuPlayer(self.settings, self.models.get)
 
     @classmethod
     def create(cls, settings: Settings, client: redis.Redis | None = None) -> ServerState:
+        """State with `client`, else a client whose calls fail within a second (no
+        retries): a request never waits long for a Redis that is down or hung."""
         if client is None:
             from hexz_tasks.redis_server import connect
 
-            client = connect(settings)
+            client = connect(settings, retries=0, timeout_s=REQUEST_REDIS_TIMEOUT_S)
         return cls(settings, client, Keys(settings.key_prefix))
 
     def _repo(self, name: str) -> Any:
