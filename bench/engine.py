@@ -25,22 +25,24 @@ import numpy as np
 from bench.numpy_flagz import NumpyBoard
 from hexz_tasks._uct import UctSearch
 from hexz_tasks.engine import Board, random_games, random_playouts
+from hexz_tasks.progress import timed
 
 ORIGINAL_PLAYOUTS_PER_S = 84_000  # the original C++ engine, -O2, one core (issue 3)
 
 
-def best_rate(run: Callable[[], int], seconds: float) -> float:
+def best_rate(run: Callable[[], int], seconds: float, desc: str) -> float:
     """Items per CPU second of the fastest of repeated calls of `run` (which returns
     the number of items it did) within about `seconds`: the least disturbed one."""
     best = 0.0
     deadline = time.perf_counter() + seconds
-    while True:
-        t0 = time.process_time()
-        items = run()
-        dt = time.process_time() - t0
-        best = max(best, items / dt)
-        if time.perf_counter() >= deadline:
-            return best
+    with timed(desc, seconds):
+        while True:
+            t0 = time.process_time()
+            items = run()
+            dt = time.process_time() - t0
+            best = max(best, items / dt)
+            if time.perf_counter() >= deadline:
+                return best
 
 
 def python_api_ops(n_games: int, seed: int) -> int:
@@ -102,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
     seeds = iter(range(1, 1_000_000))
-    playouts = best_rate(lambda: len(random_playouts(20_000, next(seeds))), secs)
-    ops = best_rate(lambda: random_games(2_000, next(seeds)), secs)
-    api_ops = best_rate(lambda: python_api_ops(20, next(seeds)), secs / 2)
-    uct = best_rate(lambda: uct_iterations(4, 3200, 1000 * next(seeds)), secs)
+    playouts = best_rate(lambda: len(random_playouts(20_000, next(seeds))), secs, "C++ playouts")
+    ops = best_rate(lambda: random_games(2_000, next(seeds)), secs, "C++ ops")
+    api_ops = best_rate(lambda: python_api_ops(20, next(seeds)), secs / 2, "Python API ops")
+    uct = best_rate(lambda: uct_iterations(4, 3200, 1000 * next(seeds)), secs, "UCT iterations")
     rng = np.random.default_rng(0)
-    np_playouts = best_rate(lambda: numpy_playouts(2, rng), secs)
-    np_ops = best_rate(lambda: numpy_ops(2, rng), secs)
+    np_playouts = best_rate(lambda: numpy_playouts(2, rng), secs, "NumPy playouts")
+    np_ops = best_rate(lambda: numpy_ops(2, rng), secs, "NumPy ops")
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; measured on one")
     print(f"C++ engine:  {playouts:12,.0f} random playouts/s from fresh boards")

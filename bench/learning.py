@@ -55,7 +55,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,8 +64,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.private_redis import private_redis
 from hexz_tasks.keys import Keys
 from hexz_tasks.launcher import QUICKSTART
+from hexz_tasks.progress import bar, timed
 from hexz_tasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,12 +95,6 @@ FAST_MOVES: dict[str, Any] = {"RUNS_PER_MOVE": 160, "RUNS_PER_FAST_MOVE": 32,
 FINAL_MATCHES: dict[str, Any] = {"net_runs": 800, "uct": ("uct:800", "uct:3200")}
 QUICK_MATCHES: dict[str, Any] = {"net_runs": 16, "uct": ("uct:50", "uct:200"), "games": 4}
 MATCH_SEED = 20240917
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Procs:
@@ -136,23 +131,7 @@ class Procs:
         self.procs = [t for t in self.procs if name is not None and t[0] != name]
 
 
-def wait_for_redis(port: int, timeout: float = 30.0) -> None:
-    import redis
-
-    probe = redis.Redis(port=port, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if probe.ping():
-                return
-        except (redis.ConnectionError, redis.BusyLoadingError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"redis-server on port {port} did not start")
-        time.sleep(0.2)
-
-
-def progress(r: Any, keys: Keys, settings: Settings) -> dict[str, Any]:
+def pipeline_stats(r: Any, keys: Keys, settings: Settings) -> dict[str, Any]:
     from hexz_tasks.repository import ModelRepository
     from hexz_tasks.store import ExampleStore
 
@@ -198,17 +177,18 @@ def run_pipeline(env: dict[str, str], settings: Settings, seconds: float, data: 
         start = time.monotonic()
         next_tick = start + settings.arena_interval_s
         next_report = start
-        while (now := time.monotonic()) < start + seconds:
-            if drive_ticks and now >= next_tick:
-                # Stands in for the beat entry until hexz_tasks.celery schedules it.
-                app.send_task(
-                    EVALUATE_TASK, queue=SELFPLAY_QUEUE, expires=settings.arena_interval_s
-                )
-                next_tick += settings.arena_interval_s
-            if now >= next_report:
-                print(f"[{now - start:6.0f}s] {progress(r, keys, settings)}", flush=True)
-                next_report += 60
-            time.sleep(1.0)
+        with timed("pipeline", seconds) as shown:
+            while (now := time.monotonic()) < start + seconds:
+                if drive_ticks and now >= next_tick:
+                    # Stands in for the beat entry until hexz_tasks.celery schedules it.
+                    app.send_task(
+                        EVALUATE_TASK, queue=SELFPLAY_QUEUE, expires=settings.arena_interval_s
+                    )
+                    next_tick += settings.arena_interval_s
+                if now >= next_report:
+                    shown.write(f"[{now - start:6.0f}s] {pipeline_stats(r, keys, settings)}")
+                    next_report += 60
+                time.sleep(1.0)
     finally:
         procs.stop()
         app.close()
@@ -271,31 +251,22 @@ def main(argv: list[str] | None = None) -> int:
 
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="hexz-learning-"))
     data.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEXZ_", "FLOWER_"))}
-    env.update({f"HEXZ_{k}": str(v) for k, v in config.items()})
-    env.update(
-        HEXZ_REDIS_URL=f"redis://127.0.0.1:{port}/0",
-        HEXZ_DATA_DIR=str(data),
-        HEXZ_KEY_PREFIX=PREFIX,
-        HEXZ_MODEL_NAME="learning",
-        PYTHONUNBUFFERED="1",
-        OMP_NUM_THREADS="1",
-    )
-    settings = Settings.from_env(env)  # a bad --set fails here, naming the variable
-    from hexz_tasks.redis_server import server_command
-
-    (data / "redis").mkdir(exist_ok=True)
-    redis_proc = subprocess.Popen(
-        server_command(port, data / "redis"), stdout=subprocess.DEVNULL, start_new_session=True
-    )
     try:
-        wait_for_redis(port)
-        matches = QUICK_MATCHES if args.quick else FINAL_MATCHES
-        return evaluate(env, settings, minutes, games, data, config, matches)
+        with private_redis(data / "redis") as url:
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("HEXZ_", "FLOWER_"))}
+            env.update({f"HEXZ_{k}": str(v) for k, v in config.items()})
+            env.update(
+                HEXZ_REDIS_URL=url,
+                HEXZ_DATA_DIR=str(data),
+                HEXZ_KEY_PREFIX=PREFIX,
+                HEXZ_MODEL_NAME="learning",
+                PYTHONUNBUFFERED="1",
+                OMP_NUM_THREADS="1",
+            )
+            settings = Settings.from_env(env)  # a bad --set fails here, naming the variable
+            matches = QUICK_MATCHES if args.quick else FINAL_MATCHES
+            return evaluate(env, settings, minutes, games, data, config, matches)
     finally:
-        redis_proc.terminate()
-        redis_proc.wait(20)
         if args.data_dir is None:
             shutil.rmtree(data, ignore_errors=True)
 
@@ -331,7 +302,7 @@ def evaluate(
     started = time.time()
     run_pipeline(env, settings, minutes * 60, data)
     trained_s = time.time() - started
-    stats = progress(r, keys, settings)
+    stats = pipeline_stats(r, keys, settings)
     repo = ModelRepository(settings.repo_base_dir, settings.model_name)
     newest = repo.latest_checkpoint()
     print(f"pipeline stopped after {trained_s:.0f} s: {stats}; newest checkpoint {newest}")
@@ -343,10 +314,12 @@ def evaluate(
         """Newest vs `opponent`; stored (and so rated) only at the evaluation's runs per
         move: a label is one player in the ratings whatever its runs."""
         t = time.time()
-        summary = run_match(
-            str(newest), opponent, games, runs, MATCH_SEED, settings, r if store else None,
-            keys, match_id=f"bench:{newest}:{opponent}@{runs}",
-        )  # fmt: skip
+        with bar(games, f"{newest} vs {opponent}", unit="game") as shown:
+            summary = run_match(
+                str(newest), opponent, games, runs, MATCH_SEED, settings, r if store else None,
+                keys, match_id=f"bench:{newest}:{opponent}@{runs}",
+                on_game=lambda _: shown.update(),
+            )  # fmt: skip
         cpu = summary["cpu_ms_per_move"][0]
         print(
             f"{format_summary(summary)}; network {cpu:.1f} CPU ms per move "

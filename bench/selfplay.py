@@ -43,6 +43,7 @@ import torch
 
 from hexz_tasks.inference import MODES, Evaluator, sample_positions
 from hexz_tasks.model import ARCHITECTURES, HexzNet, ModelParams
+from hexz_tasks.progress import bar
 from hexz_tasks.selfplay import play_games
 from hexz_tasks.settings import Settings
 
@@ -78,7 +79,8 @@ def evals_per_example(
     network = "bench network" if evaluator else "tiny conv2d 1x8"
     evaluator = evaluator or Evaluator(HexzNet("conv2d", 1, 8))
     evals = examples = moves = hits = 0
-    for g in play_games(evaluator, games, settings.replace(games_in_flight=games), seed=seed):
+    played = play_games(evaluator, games, settings.replace(games_in_flight=games), seed=seed)
+    for g in bar(games, "evals per example", unit="game", iterable=played):
         evals += g.evaluations
         hits += g.cache_hits
         examples += g.num_examples
@@ -190,14 +192,15 @@ def main() -> None:
     sp = {"evals": 0, "seconds": 0.0, "inference_s": 0.0, "steps": 0}
     state: dict[str, Any] = {"round": 0, "start": None, "evals0": 0, "inf0": 0.0}
 
+    shown = bar(rounds, "self-play rounds", unit="round")
+
     def measure_baselines() -> None:
         refs.append(reference_rate(reference, boards, masks, measure_s))
         bares.append(rate(lambda: evaluator(boards[:batch], masks[:batch]), batch, measure_s))
-        print(
+        shown.write(
             f"round {state['round']}: reference {refs[-1]:.0f} evals/s, "
             f"bare {bares[-1]:.0f} evals/s",
             file=sys.stderr,
-            flush=True,
         )
 
     def on_step(stats: dict[str, Any]) -> bool:
@@ -210,13 +213,13 @@ def main() -> None:
         sp["evals"] += stats["evaluations"] - state["evals0"]
         sp["seconds"] += now - state["start"]
         sp["inference_s"] += stats["inference_s"] - state["inf0"]
-        print(
+        shown.write(
             f"round {state['round']}: self-play {sp['evals'] / sp['seconds']:.0f} evals/s "
             f"so far, {stats['examples_recorded']} examples recorded",
             file=sys.stderr,
-            flush=True,
         )
         state["round"] += 1
+        shown.update()
         if state["round"] >= rounds:
             result["examples_recorded"] = stats["examples_recorded"]
             return True
@@ -226,10 +229,11 @@ def main() -> None:
         )
         return False
 
-    measure_baselines()
-    for _ in play_games(evaluator, 10**9, settings, seed=args.seed, on_step=on_step):
-        pass
-    measure_baselines()
+    with shown:
+        measure_baselines()
+        for _ in play_games(evaluator, 10**9, settings, seed=args.seed, on_step=on_step):
+            pass
+        measure_baselines()
     epe = evals_per_example(settings, epe_games, args.seed, evaluator if args.epe_real else None)
 
     selfplay = sp["evals"] / sp["seconds"]

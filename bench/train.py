@@ -31,15 +31,18 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.private_redis import private_redis
 from hexz_tasks import codec
 from hexz_tasks.dataset import Dataset
 from hexz_tasks.examples import from_columns, to_columns
 from hexz_tasks.keys import Keys
+from hexz_tasks.progress import bar, timed
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
 from tests.synthetic import game_columns
@@ -67,18 +70,20 @@ def sizes(games: list[codec.Columns], tmp: Path) -> dict[str, float]:
 
 
 def _producer(
-    url: str, prefix: str, path: str, start_at: float, seconds: float, q: mp.Queue
+    url: str, prefix: str, path: str, seconds: float, q: mp.Queue, go: Any, start_at: Any
 ) -> None:
     import redis
 
     games = [codec.from_blob(b) for b in np.load(path, allow_pickle=False)["games"]]
     store = ExampleStore(redis.Redis.from_url(url), Keys(prefix), max_pending=10**8)
     pid = os.getpid()
-    while time.time() < start_at:
+    q.put("ready")
+    go.wait()
+    while time.time() < start_at.value:
         time.sleep(0.001)
     added, i = 0, 0
     cpu0 = time.process_time()
-    while time.time() < start_at + seconds:
+    while time.time() < start_at.value + seconds:
         added += store.add_game(f"{pid}-{i}", games[i % len(games)])
         i += 1
     q.put((added, time.time(), time.process_time() - cpu0))
@@ -92,15 +97,19 @@ def ingest(url: str, games: list, seconds: float, tmp: Path) -> dict[str, float]
     np.savez(path, games=np.array([codec.to_blob(g) for g in games], dtype=bytes))
     prefix = f"hexzbench-{uuid.uuid4().hex[:8]}"
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    start_at = time.time() + 3.0  # after the children imported everything
+    q, go, shared_start = ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
     procs = [
-        ctx.Process(target=_producer, args=(url, prefix, str(path), start_at, seconds, q))
+        ctx.Process(target=_producer, args=(url, prefix, str(path), seconds, q, go, shared_start))
         for _ in range(2)
     ]
     for p in procs:
         p.start()
-    results = [q.get(timeout=seconds + 120) for _ in procs]
+    for _ in procs:  # both have imported everything and loaded their games
+        assert q.get(timeout=300) == "ready"
+    start_at = shared_start.value = time.time() + 0.2  # both start together
+    go.set()
+    with timed("ingest", seconds + 0.2):
+        results = [q.get(timeout=seconds + 120) for _ in procs]
     for p in procs:
         p.join(timeout=30)
     client = redis.Redis.from_url(url)
@@ -190,12 +199,12 @@ def training_ratio(
     # runs just before and after it, so drifting machine load hits both sides alike.
     bare = [bare_steps(bare_model, batch_size, steps)]
     trained, ratios = [], []
-    for n in range(rounds):
+    for n in (shown := bar(rounds, "training rounds", unit="round", iterable=range(rounds))):
         stats = train_checkpoint(settings, repo, ds, n, 0)
         bare.append(bare_steps(bare_model, batch_size, steps))
         trained.append(stats["samples_per_s"])
         ratios.append(trained[-1] / ((bare[-2] + bare[-1]) / 2))
-        print(
+        shown.write(
             f"round {n}: trainer {trained[-1]:.1f}/s, bare {bare[-2]:.1f} {bare[-1]:.1f}",
             file=sys.stderr,
         )
@@ -217,7 +226,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="under a minute: batch 64, few steps")
     ap.add_argument(
-        "--redis-url", default=os.environ.get("HEXZ_REDIS_URL") or "redis://127.0.0.1:6379/0"
+        "--redis-url",
+        default=os.environ.get("HEXZ_REDIS_URL"),
+        help="a Redis to measure ingest on (default: a private redis-server of this run)",
     )
     args = ap.parse_args()
     batch, steps, rounds = (64, 2, 5) if args.quick else (4096, 1, 5)
@@ -227,7 +238,12 @@ def main() -> None:
         games = game_columns(8 if args.quick else 24, seed=0, runs=800)
         out.update(sizes(games, tmp))
         print(f"sizes: {out}", file=sys.stderr)
-        out.update(ingest(args.redis_url, games, 3.0 if args.quick else 10.0, tmp))
+        ingest_s = 3.0 if args.quick else 10.0
+        if args.redis_url:
+            out.update(ingest(args.redis_url, games, ingest_s, tmp))
+        else:
+            with private_redis(tmp / "redis") as url:
+                out.update(ingest(url, games, ingest_s, tmp))
         print(f"ingest: {out}", file=sys.stderr)
         ds = synthetic_dataset(tmp / "window", games, WINDOW)
         t0, c0 = time.perf_counter(), time.process_time()

@@ -14,7 +14,7 @@ import gzip
 import hashlib
 import sys
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import redis
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from hexz_tasks import codec, hexz_pb2
+from hexz_tasks import codec, hexz_pb2, progress
 from hexz_tasks.dataset import Dataset
 from hexz_tasks.examples import decode_array, from_columns, to_columns
 from hexz_tasks.files import atomic_write
@@ -118,7 +118,7 @@ def print_request(path: Path) -> int:
     return 0
 
 
-def import_files(paths: Sequence[Path], store: ExampleStore) -> tuple[int, list[str]]:
+def import_files(paths: Iterable[Path], store: ExampleStore) -> tuple[int, list[str]]:
     """Adds each valid archive to the store; returns (examples added, error messages).
 
     Idempotent: batches are keyed by the file's content hash, so importing a file twice
@@ -149,7 +149,8 @@ def import_files(paths: Sequence[Path], store: ExampleStore) -> tuple[int, list[
 def import_archives(paths: Sequence[Path], settings: Settings) -> int:
     """`hexz import`: exit status 0, or 1 if any file was rejected."""
     store = ExampleStore(connect(settings), Keys(settings.key_prefix))
-    added, errors = import_files(paths, store)
+    with progress.bar(len(paths), "import", unit="file", iterable=paths) as shown:
+        added, errors = import_files(shown, store)
     for e in errors:
         print(f"rejected {e}", file=sys.stderr)
     print(f"imported {added} examples from {len(paths) - len(errors)} of {len(paths)} files")
@@ -216,6 +217,16 @@ def export_archives(
             f"warning: Redis unreachable ({e}); exporting the on-disk dataset only", file=sys.stderr
         )
         store = None
-    n, files = export_to(out_dir, stored_columns(dataset, store), enc[encoding], per_file)
+    total = dataset.count() + (store.counters()["pending"] if store is not None else 0)
+    with progress.bar(total, "export", unit="example") as shown:
+
+        def counted(columns: Iterator[codec.Columns]) -> Iterator[codec.Columns]:
+            for cols in columns:
+                shown.update(codec.num_rows(cols))
+                yield cols
+
+        n, files = export_to(
+            out_dir, counted(stored_columns(dataset, store)), enc[encoding], per_file
+        )
     print(f"exported {n} examples to {files} files in {out_dir}")
     return 0

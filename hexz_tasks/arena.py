@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from hexz_tasks import progress
 from hexz_tasks._search import Search, game_seed
 from hexz_tasks._uct import UctSearch
 from hexz_tasks.engine import Board
@@ -403,20 +404,24 @@ def run_match(
     keys: Keys,
     *,
     match_id: str | None = None,
+    on_game: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Parses and loads both players, plays the match, stores every game as it finishes
-    and the summary at the end (when `r` is given); returns the summary."""
+    and the summary at the end (when `r` is given); returns the summary. `on_game(record)`
+    is called after each game is stored."""
     players = [load_player(parse_player(p, settings.model_name), settings, r, keys) for p in (a, b)]
     if settings.inference_threads > 0:
         import torch
 
         torch.set_num_threads(settings.inference_threads)
 
-    def on_game(record: dict[str, Any]) -> None:
+    def finished(record: dict[str, Any]) -> None:
         if r is not None:
             store_game(r, keys, record)
+        if on_game is not None:
+            on_game(record)
 
-    result = play_match(*players, games, runs, seed, settings, match_id=match_id, on_game=on_game)
+    result = play_match(*players, games, runs, seed, settings, match_id=match_id, on_game=finished)
     summary = result.summary()
     if r is not None:
         store_summary(r, keys, summary)
@@ -461,7 +466,10 @@ def run_arena_cli(a: str, b: str, games: int, runs: int, seed: int, settings: Se
         if any(s.kind == "checkpoint" for s in specs):
             print("hexz arena: Redis not reachable; loading checkpoints from disk", file=sys.stderr)
         print("hexz arena: Redis not reachable; the games will not be stored", file=sys.stderr)
-    summary = run_match(a, b, games, runs, seed, settings, r, keys)
+    with progress.bar(games, f"{a} vs {b}", unit="game") as shown:
+        summary = run_match(
+            a, b, games, runs, seed, settings, r, keys, on_game=lambda _: shown.update()
+        )
     print(format_summary(summary))
     if r is not None:
         print(f"stored {summary['games']} games as match {summary['match']} in {keys.arena_games}")

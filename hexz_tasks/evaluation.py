@@ -10,7 +10,8 @@ amount of work:
    (with promotion gating) against the checkpoint self-play uses now
    (:func:`planned_matches`). Matches have
    deterministic ids, so a redelivered tick never plays one twice, and each is claimed
-   in Redis while it runs, so two workers never play the same one.
+   in Redis while it runs, so two workers never play the same one;
+3. after either, rewrites the TensorBoard snapshot (hexz_tasks.tensorboard_events).
 
 Held-out set: positions of pure-MCTS self-play games (``HELDOUT_RUNS`` iterations per
 move, a fixed seed): the same on every machine, never trained on. Metrics: policy
@@ -326,4 +327,8 @@ def run_evaluation_tick(settings: Settings, r: redis.Redis, keys: Keys) -> dict[
         if gating and opp == str(promoted) and should_promote(summary["score"], settings):
             out["promoted"] = promote(settings, r, keys, n, expect=promoted)
         break
+    if out["metrics"] or out["match"]:
+        from hexz_tasks.tensorboard_events import log_evaluation
+
+        log_evaluation(settings, r, keys)
     return out

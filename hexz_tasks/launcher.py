@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from hexz_tasks.redis_server import ensure_running, masked_url, redis_url
 from hexz_tasks.settings import Settings
+from hexz_tasks.tensorboard_events import tensorboard_command
 
 # name -> command; the Procfile holds exactly these lines.
 PROCESSES: dict[str, str] = {
@@ -74,6 +75,16 @@ def _command(cmd: str) -> str:
     return f"{shlex.quote(sys.executable)} -m {module} {rest}"
 
 
+def startup_message(settings: Settings) -> str:
+    return (
+        f"hexz run: Redis {masked_url(redis_url(settings))}, "
+        f"data in {settings.data_dir.resolve()}, "
+        f"model {settings.model_type} {settings.model_blocks}x{settings.model_filters}, "
+        f"{settings.runs_per_move} runs per move; `hexz status` shows progress\n"
+        f"hexz run: curves in TensorBoard: {tensorboard_command(settings)}"
+    )
+
+
 def run_flower(settings: Settings) -> int:
     """`hexz flower`: Celery's Flower on 127.0.0.1, never without a login.
 
@@ -109,13 +120,7 @@ def run_pipeline(settings: Settings) -> int:
     settings = Settings.from_env(env)  # validates the quick-start values too
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     redis_proc = ensure_running(settings)
-    print(
-        f"hexz run: Redis {masked_url(redis_url(settings))}, "
-        f"data in {settings.data_dir.resolve()}, "
-        f"model {settings.model_type} {settings.model_blocks}x{settings.model_filters}, "
-        f"{settings.runs_per_move} runs per move; `hexz status` shows progress",
-        flush=True,
-    )
+    print(startup_message(settings), flush=True)
     manager = Manager(Printer(sys.stdout))
     for name, cmd in PROCESSES.items():
         if name == "redis":

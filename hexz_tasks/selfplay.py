@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from hexz_tasks import codec, hexz_pb2
+from hexz_tasks import codec, hexz_pb2, progress
 from hexz_tasks._search import Search, SelfPlay
 from hexz_tasks.examples import from_columns
 from hexz_tasks.inference import Evaluate, Evaluator, as_evaluator
@@ -260,11 +260,9 @@ def selfplay_to_archive(
     out: str | Path,
     settings: Settings,
     seed: int | None = None,
-    *,
-    progress_interval_s: float = 10.0,
 ) -> int:
     """`hexz selfplay`: plays `games` games and writes one gzip-compressed
-    AddTrainingExamplesRequest to `out` (atomically). Logs progress to stderr.
+    AddTrainingExamplesRequest to `out` (atomically). Shows progress on a terminal.
     Returns 0 (the exit status)."""
     if games < 1:
         raise ValueError(f"--games must be positive, got {games}")
@@ -278,26 +276,19 @@ def selfplay_to_archive(
         execution_id=str(uuid.uuid4()), worker_config=worker_config(settings)
     )
     start = time.monotonic()
-    last = [start]
-
-    def report(stats: dict[str, Any], force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - last[0] < progress_interval_s:
-            return
-        last[0] = now
-        elapsed = max(now - start, 1e-9)
-        print(
-            f"selfplay: {stats.get('games_finished', 0)}/{games} games, "
-            f"{stats.get('examples', 0)} examples, "
-            f"{stats.get('evaluations', 0) / elapsed:.0f} evals/s, {elapsed:.0f}s",
-            file=sys.stderr,
-            flush=True,
-        )
-
     stats: dict[str, Any] = {}
-    for record in play_games(evaluator, games, settings, seed, stats=stats, on_step=report):
-        req.examples.extend(from_columns(record.columns))
-    report(stats, force=True)
+    with progress.bar(games, "self-play", unit="game") as shown:
+
+        def on_step(stats: dict[str, Any]) -> None:
+            elapsed = max(time.monotonic() - start, 1e-9)
+            shown.set_postfix_str(
+                f"{stats['examples']} examples, {stats['evaluations'] / elapsed:.0f} evals/s",
+                refresh=False,
+            )
+
+        for record in play_games(evaluator, games, settings, seed, stats=stats, on_step=on_step):
+            req.examples.extend(from_columns(record.columns))
+            shown.update()
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     try:
         with gzip.open(tmp, "wb") as f:
@@ -305,4 +296,9 @@ def selfplay_to_archive(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    print(
+        f"selfplay: {games} games, {len(req.examples)} examples, "
+        f"{stats['evaluations']} evaluations in {time.monotonic() - start:.0f} s; wrote {out}",
+        file=sys.stderr,
+    )
     return 0

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hexz_tasks import tensorboard_events
 from hexz_tasks.dataset import Dataset, Window
 from hexz_tasks.repository import ModelRepository, params_from_settings
 from hexz_tasks.settings import Settings, parse_lr_schedule
@@ -149,10 +150,12 @@ def train_once(
     `still_owner` (e.g. "this process still holds the training lock") is checked right
     before the new checkpoint appears (ModelRepository.save). Afterwards the disk
     retention policy runs (hexz_tasks.retention).
+    The trainer's TensorBoard events are written here too (hexz_tasks.tensorboard_events).
     """
     params = params_from_settings(settings)
     base = repo.ensure_initial(params, settings)
-    trained_at = int(repo.load_stats(base).get("examples_total", 0))
+    base_stats = repo.load_stats(base)
+    trained_at = int(base_stats.get("examples_total", 0))
     total = store.total_examples()
     if total - trained_at < trigger_size(settings):
         return None
@@ -160,7 +163,10 @@ def train_once(
     store.drain(dataset, repo)
     if dataset.count() == 0:  # the first examples have not settled in Redis yet
         return None
-    stats = train_checkpoint(settings, repo, dataset, base, total, still_owner=still_owner)
+    pipeline = tensorboard_events.pipeline_scalars(store.redis, store.keys, base_stats.get("end"))
+    stats = train_checkpoint(
+        settings, repo, dataset, base, total, pipeline=pipeline, still_owner=still_owner
+    )
     store.set_trained(total)
     if settings.retention:
         from hexz_tasks.retention import collect_garbage_quietly
@@ -176,10 +182,12 @@ def train_checkpoint(
     base: int,
     total: int,
     *,
+    pipeline: dict[str, float] | None = None,
     still_owner: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Trains checkpoint base+1 from the dataset's newest examples and saves it (no trigger
-    check, no draining); `total` is the store's example count recorded in its stats."""
+    check, no draining); `total` is the store's example count recorded in its stats.
+    TensorBoard gets the run and the `pipeline` scalars (tensorboard_events)."""
     started, t0 = _now(), time.perf_counter()
     size = (
         settings.replay_buffer_size
@@ -217,6 +225,9 @@ def train_checkpoint(
     )
     losses: list[dict[str, float]] = []
     sums = torch.zeros(2, device=device)  # policy and value loss sums of the current epoch
+    # Every step's losses stay on the device until the end (no host sync per step).
+    step_losses = torch.zeros(len(batches), 2, device=device)
+    learning_rates: list[float] = []
     samples = epoch_samples = 0
     lr = learning_rate(settings, step)
     pin = cuda and settings.pin_memory
@@ -233,6 +244,7 @@ def train_checkpoint(
             probs = probs.to(device, non_blocking=pin)  # (B, 220)
             results = results.to(device, non_blocking=pin)  # (B,)
             lr = learning_rate(settings, step)
+            learning_rates.append(lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast:
@@ -247,10 +259,13 @@ def train_checkpoint(
             b = len(results)
             samples += b
             epoch_samples += b
-            sums += torch.stack([policy_loss.detach(), value_loss.detach()]) * b  # no host sync
+            step_losses[i] = torch.stack([policy_loss.detach(), value_loss.detach()])
+            sums += step_losses[i] * b
             if (i + 1) % per_epoch == 0 or i + 1 == len(batches):
                 p, v = (x / epoch_samples for x in sums.tolist())
-                losses.append({"epoch": len(losses), "policy": p, "value": v, "loss": p + v})
+                losses.append(
+                    {"epoch": len(losses), "step": step, "policy": p, "value": v, "loss": p + v}
+                )
                 sums.zero_()
                 epoch_samples = 0
     if cuda:
@@ -294,4 +309,5 @@ def train_checkpoint(
         stats=stats,
         still_owner=still_owner,
     )
+    tensorboard_events.log_training(settings, stats, step_losses.tolist(), learning_rates, pipeline)
     return stats

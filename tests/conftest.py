@@ -9,6 +9,7 @@ process group and are always stopped at teardown; every wait is bounded.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,28 @@ from hexz_tasks.store import SETTLE_MS
 
 TEST_PREFIX = "hexztest"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# System tools the suite uses. Without redis-server nothing of the store, the pipeline or
+# the servers can be tested: the run stops at once with one message. Without chromium the
+# page tests skip, with one reason.
+REDIS_SERVER = shutil.which("redis-server")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    missing = "MISSING (Debian: apt-get install {})"
+    return [
+        f"redis-server: {REDIS_SERVER or missing.format('redis-server')}",
+        f"chromium: {CHROMIUM or missing.format('chromium') + '; the page tests skip'}",
+    ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if REDIS_SERVER is None and not config.option.collectonly:
+        raise pytest.UsageError(
+            "redis-server is not on PATH: the tests start their own throwaway redis-servers "
+            "(Debian: apt-get install redis-server; .ci/run installs it)"
+        )
+
 
 # `pytest --hypothesis-profile=thorough tests/test_fuzz_edges.py`: the decoders' long fuzz
 # runs (10,000 examples per test); the default run keeps Hypothesis's 100.

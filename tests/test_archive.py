@@ -6,12 +6,12 @@ import gzip
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+from conftest import RedisServer
 from synthetic import game_examples
 
 from hexz_tasks import hexz_pb2
@@ -32,12 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def store() -> ExampleStore:
-    r = redis.Redis()
-    keys = Keys(f"hexzdatatest-{uuid.uuid4().hex[:12]}")
-    yield ExampleStore(r, keys, settle_ms=0)
-    for key in r.scan_iter(f"{keys.prefix}:*"):
-        r.delete(key)
+def store(redis_client: redis.Redis, test_keys: Keys) -> ExampleStore:
+    return ExampleStore(redis_client, test_keys, settle_ms=0)
 
 
 def _request(
@@ -118,7 +114,9 @@ def test_print_request_summarises(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert "prior quantiles over" in out
 
 
-def test_cli_import_and_export(tmp_path: Path, store: ExampleStore) -> None:
+def test_cli_import_and_export(
+    tmp_path: Path, store: ExampleStore, redis_server: RedisServer
+) -> None:
     good_req = _request(4)
     good = write_request(tmp_path / "good.gz", good_req)
     req = _request(5)
@@ -127,7 +125,7 @@ def test_cli_import_and_export(tmp_path: Path, store: ExampleStore) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("HEXZ_")},
         "PYTHONPATH": str(REPO_ROOT),
-        "HEXZ_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "HEXZ_REDIS_URL": redis_server.url,
         "HEXZ_KEY_PREFIX": store.keys.prefix,
         "HEXZ_DATA_DIR": str(tmp_path / "data"),
     }

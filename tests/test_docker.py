@@ -299,8 +299,12 @@ def test_cpu_worker_image_runs_prefork_on_the_selfplay_queue() -> None:
 def test_cpu_images_pin_the_cpu_torch_wheel() -> None:
     text = (DOCKER / "Dockerfile").read_text()
     assert "ARG TORCH_VERSION=2.13.0" in text
-    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in text
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
     assert '"torch==${TORCH_VERSION}"' in text
+    # bootstrap.sh installs the same build from the same index (unless a local wheel fits).
+    bootstrap = (ROOT / "bootstrap.sh").read_text()
+    assert "torch_pin=torch==2.13.0" in bootstrap
+    assert "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" in bootstrap
 
 
 def test_gpu_image_trains_one_at_a_time_on_a_cuda_torch_base() -> None:

@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -103,24 +102,21 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
         repo.load_model(0)
 
 
-def test_publish_and_fetch_through_redis(tmp_path: Path) -> None:
-    r = redis.Redis()
-    keys = Keys(f"hexzdatatest-{uuid.uuid4().hex[:12]}")
-    try:
-        repo = ModelRepository(tmp_path, "pub")
-        repo.ensure_initial(PARAMS)
-        assert fetch_latest(r, keys) is None
-        for n in range(1, 7):
-            repo.save(n, make_model(PARAMS), PARAMS)
-            repo.publish(r, keys, n)
-        assert fetch_latest(r, keys) == ("pub", 6)
-        data = fetch_model_bytes(r, keys, "pub", 6)
-        assert data == repo.scriptmodule_bytes(6)
-        load_scriptmodule(data)
-        assert fetch_model_bytes(r, keys, "pub", 1) is None  # old ones retired
-    finally:
-        for key in r.scan_iter(f"{keys.prefix}:*"):
-            r.delete(key)
+def test_publish_and_fetch_through_redis(
+    tmp_path: Path, redis_client: redis.Redis, test_keys: Keys
+) -> None:
+    r, keys = redis_client, test_keys
+    repo = ModelRepository(tmp_path, "pub")
+    repo.ensure_initial(PARAMS)
+    assert fetch_latest(r, keys) is None
+    for n in range(1, 7):
+        repo.save(n, make_model(PARAMS), PARAMS)
+        repo.publish(r, keys, n)
+    assert fetch_latest(r, keys) == ("pub", 6)
+    data = fetch_model_bytes(r, keys, "pub", 6)
+    assert data == repo.scriptmodule_bytes(6)
+    load_scriptmodule(data)
+    assert fetch_model_bytes(r, keys, "pub", 1) is None  # old ones retired
 
 
 def test_sigkill_during_saves_leaves_only_complete_checkpoints(tmp_path: Path) -> None:

@@ -285,7 +285,7 @@ def test_hexz_selfplay_writes_an_archive(
     assert req.execution_id and req.worker_config.runs_per_move == 4
     assert req.worker_config.prediction_batch_size == 2
     assert len(req.examples) > 3 * 10
-    assert "3/3 games" in capsys.readouterr().err
+    assert "selfplay: 3 games, " in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["games.gz", "model.pt"]  # no temp
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
+import re
 import socket
 import struct
 import subprocess
@@ -22,14 +22,14 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import wait_for, wait_for_examples_to_settle
+from conftest import CHROMIUM, REPO_ROOT, wait_for, wait_for_examples_to_settle
 from test_server_support import Running, add, game_examples, run_servers
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="chromium is not installed (Debian: apt-get install chromium); CI must install it",
-)
+if CHROMIUM is None:  # one skip line for the whole module, not one per test
+    pytest.skip(
+        "chromium is not installed (Debian: apt-get install chromium); CI must install it",
+        allow_module_level=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 
 BAD_CONSOLE = ("error", "warning", "assert")
+# Screenshots of the pages, for a person to look at after the run.
+SHOTS = REPO_ROOT / "test-output"
 
 
 class WebSocket:
@@ -184,6 +186,24 @@ class Browser:
         self.wait_event("Page.loadEventFired", 60)
         self.call("Runtime.evaluate", expression="1")  # drain what arrived with the load
 
+    def screenshot(self, path: Path, width: int = 1400) -> bytes:
+        """A PNG of the whole page at `width` CSS pixels, saved to `path`."""
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width, height=900, deviceScaleFactor=1, mobile=False,
+        )  # fmt: skip
+        height = self.evaluate("document.documentElement.scrollHeight")
+        shot = self.call(
+            "Page.captureScreenshot",
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+        )
+        png = base64.b64decode(shot["data"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+        return png
+
     def evaluate(self, expression: str) -> Any:
         res = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
         assert "exceptionDetails" not in res, res
@@ -230,26 +250,111 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     b.close()
 
 
-def test_status_page_renders_with_plots(running: Running, browser: Browser) -> None:
+def write_history(r: Running, now: float, checkpoints: int = 14) -> None:
+    """An hour of pipeline history in Redis, as the trainer, self-play and the evaluation
+    leave it: a training run every few minutes, examples every minute, arena games of
+    each checkpoint against 0, its predecessor and pure MCTS, held-out metrics."""
+    from hexz_tasks.arena import store_game
+
+    keys, name = r.keys, r.settings.model_name
+    r.redis.delete(keys.training_runs)
+    for n in range(1, checkpoints):
+        finished = now - 3600 + n * 250
+        loss = {"policy": 3.2 - 0.08 * n, "value": 0.9 - 0.02 * n}
+        run = {
+            "checkpoint": n, "finished": finished, "seconds": 40.0 + n,
+            "losses": [{"epoch": 0, "step": 128 * n, **loss, "loss": sum(loss.values())}],
+            "examples_total": 8192 * n + (n % 3) * 500, "examples_window": 32768,
+            "samples_per_s": 800.0, "host": "trainer-1",
+        }  # fmt: skip
+        r.redis.rpush(keys.training_runs, json.dumps(run))
+    for m in range(int(now // 60) - 59, int(now // 60) + 1):
+        r.redis.hset(keys.rates, f"{m}:examples", 2000 + 37 * (m % 11))
+        r.redis.hset(keys.rates, f"{m}:games", 30 + m % 7)
+
+    def match(a: str, b: str, wins: int) -> None:
+        for i in range(10):
+            record = {"match": f"{a}-{b}", "game": i, "a": a, "b": b}
+            store_game(r.redis, keys, {**record, "a_points": 1.0 if i < wins else 0.0})
+
+    for n in range(1, checkpoints):
+        match(f"{name}:{n}", f"{name}:0", min(10, 4 + n // 2))
+        match(f"{name}:{n}", f"{name}:{n - 1}", 6)
+        match(f"{name}:{n}", "mcts", min(9, 1 + n // 2))
+    for n in range(checkpoints):
+        metrics = {"policy_ce": 2.5 + 0.05 * n, "value_mse": 1.0 + 0.01 * n,
+                   "value_sign_acc": 0.5 + 0.01 * n}  # fmt: skip
+        r.redis.hset(keys.checkpoint_metrics, str(n), json.dumps(metrics))
+
+
+def test_status_page_reads_well(running: Running, browser: Browser) -> None:
+    write_history(running, time.time())
     browser.load(f"{running.http}/")
     assert browser.problems() == []
     assert browser.evaluate("document.title") == "hexz status"
-    plots = browser.evaluate("document.querySelectorAll('svg.plot').length")
-    assert plots >= 3
-    # The loss plot has a line (one training run: one point per loss series).
-    points = browser.evaluate(
-        "document.querySelector('svg.plot').querySelectorAll('circle').length"
+    kinds = browser.evaluate(
+        "Array.from(document.querySelectorAll('svg.plot')).map(p => p.dataset.plot)"
     )
-    assert points >= 3
+    assert kinds == ["ratings", "losses", "examples_per_minute", "examples_per_hour", "heldout"]
+
+    def texts(kind: str) -> list[str]:
+        return browser.evaluate(
+            f"Array.from(document.querySelectorAll('svg.plot[data-plot={kind}] text'))"
+            ".map(t => t.textContent.trim())"
+        )
+
+    # Time axes in clock time (HH:MM, UTC), not fractions of an hour.
+    for kind in ("examples_per_minute", "examples_per_hour"):
+        clock = [t for t in texts(kind) if re.fullmatch(r"\d\d:\d\d", t)]
+        assert len(clock) >= 3 and "time (UTC)" in texts(kind), texts(kind)
+    # Ratings with their 95% intervals (a band and error bars) and the baseline.
+    ratings = "document.querySelector('svg.plot[data-plot=ratings]')"
+    assert browser.evaluate(f"{ratings}.querySelectorAll('[id^=FillBetween]').length") == 1
+    assert browser.evaluate(f"{ratings}.querySelectorAll('[id^=LineCollection]').length") >= 1
+    assert any(t.startswith("mcts (") for t in texts("ratings")), texts("ratings")
+    # Every plot is drawn inside the page's width, none clipped or empty.
+    widths = browser.evaluate(
+        "Array.from(document.querySelectorAll('svg.plot'))"
+        ".map(p => p.getBoundingClientRect().width)"
+    )
+    assert all(300 < w <= 1400 for w in widths), widths
+    # Readable tables: no raw JSON anywhere, numbers with thousands separators.
+    cells = browser.evaluate("Array.from(document.querySelectorAll('td')).map(c => c.innerText)")
+    assert not [c for c in cells if c.lstrip().startswith(("{", "["))]
+    assert "106,996" in cells  # checkpoint 13's examples_total
     text = browser.evaluate("document.body.innerText")
-    assert "Training runs" in text and "Checkpoints" in text and "selfplay" in text
-    assert browser.evaluate("document.getElementById('ratings') !== null")
+    for heading in ("Ratings and held-out metrics", "Training runs", "Checkpoints", "Settings"):
+        assert heading in text
+    assert "tensorboard --logdir" in text and "selfplay" in text
     # The stylesheet was applied (it loaded).
     assert browser.evaluate("getComputedStyle(document.querySelector('nav')).display") == "block"
     assert (
         browser.evaluate("getComputedStyle(document.querySelector('nav')).backgroundColor")
         == "rgb(34, 34, 51)"
     )
+    png = browser.screenshot(SHOTS / "status-page.png")
+    assert png.startswith(b"\x89PNG") and len(png) > 50_000
+
+
+def test_status_page_before_any_data(
+    tmp_path_factory: pytest.TempPathFactory, browser: Browser
+) -> None:
+    """A fresh pipeline: every plot says what it waits for instead of an empty frame."""
+    for r in run_servers(tmp_path_factory):
+        browser.load(f"{r.http}/")
+        assert browser.problems() == []
+        text = browser.evaluate("document.body.innerText")
+        assert "no training run yet" in text and "None yet" in text
+        shown = browser.evaluate(
+            "Array.from(document.querySelectorAll('svg.plot text')).map(t => t.textContent)"
+        )
+        for waiting in (
+            "no checkpoint rated yet",
+            "no training run yet",
+            "needs two training runs",
+        ):
+            assert waiting in shown
+        browser.screenshot(SHOTS / "status-page-empty.png")
 
 
 def test_examples_page_draws_boards(running: Running, browser: Browser) -> None:
@@ -266,6 +371,7 @@ def test_examples_page_draws_boards(running: Running, browser: Browser) -> None:
         ".filter(p => p.getAttribute('stroke') === '#ff9900').length"
     )
     assert played == 6
+    browser.screenshot(SHOTS / "examples-page.png")
     # Newest first, on the page and in the JSON.
     newest = requests.get(f"{running.http}/examples/latest.json?n=6", timeout=10).json()
     times = [e["unix_micros"] for e in newest]

@@ -1,7 +1,6 @@
 """The Redis example store: idempotent adds, counters, backpressure, crash-safe draining.
 
-Uses the Redis on 127.0.0.1:6379 with a unique key prefix per test; only those keys are
-deleted afterwards.
+Each test has its own throwaway redis-server (conftest.redis_server).
 """
 
 from __future__ import annotations
@@ -13,12 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+from conftest import RedisServer
 from synthetic import game_columns, game_examples
 
 from hexz_tasks import codec, hexz_pb2
@@ -32,16 +31,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def r() -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=6379, socket_timeout=10)
+def r(redis_client: redis.Redis) -> redis.Redis:
+    return redis_client
 
 
 @pytest.fixture
-def keys(r: redis.Redis) -> Keys:
-    k = Keys(f"hexzdatatest-{uuid.uuid4().hex[:12]}")
-    yield k
-    for key in r.scan_iter(f"{k.prefix}:*"):
-        r.delete(key)
+def keys(test_keys: Keys) -> Keys:
+    return test_keys
 
 
 def games(n: int, seed: int = 0, model_key: tuple[str, int] = ("flagz", 0)) -> list[codec.Columns]:
@@ -70,12 +66,14 @@ def test_add_game_is_idempotent_and_counts(r: redis.Redis, keys: Keys) -> None:
     assert ExampleStore(r, keys, settle_ms=0).examples_since_training() == total
 
 
-def test_concurrent_adds_of_one_game_store_it_once(r: redis.Redis, keys: Keys) -> None:
+def test_concurrent_adds_of_one_game_store_it_once(
+    r: redis.Redis, redis_server: RedisServer, keys: Keys
+) -> None:
     g = games(1)[0]
     results: list[int] = []
 
     def add() -> None:
-        results.append(ExampleStore(redis.Redis(), keys).add_game("same", g))
+        results.append(ExampleStore(redis_server.client(), keys).add_game("same", g))
 
     threads = [threading.Thread(target=add) for _ in range(8)]
     for t in threads:
@@ -136,17 +134,19 @@ def test_backpressure_raises_when_full_and_resumes_after_drain(
     assert store.add_game("1", g[1]) == rows(g[1:2])
 
 
-def test_backpressure_waits_for_the_trainer(r: redis.Redis, keys: Keys, tmp_path: Path) -> None:
+def test_backpressure_waits_for_the_trainer(
+    r: redis.Redis, redis_server: RedisServer, keys: Keys, tmp_path: Path
+) -> None:
     g = games(2)
     store = ExampleStore(r, keys, max_pending=rows(g[:1]), full_wait_s=60, settle_ms=0)
     store.add_game("0", g[0])
     drained = threading.Event()
 
     def trainer() -> None:
-        while ExampleStore(redis.Redis(), keys).counters()["pending"] == 0:
+        while ExampleStore(redis_server.client(), keys).counters()["pending"] == 0:
             time.sleep(0.01)
         time.sleep(0.3)
-        ExampleStore(redis.Redis(), keys, settle_ms=0).drain(Dataset(tmp_path / "ds"))
+        ExampleStore(redis_server.client(), keys, settle_ms=0).drain(Dataset(tmp_path / "ds"))
         drained.set()
 
     t = threading.Thread(target=trainer)
@@ -237,7 +237,9 @@ def test_crash_between_chunk_write_and_trim_neither_loses_nor_doubles(
     assert archived == len(want)  # archives of the crashed drain were written afterwards
 
 
-def test_sigkilled_drain_resumes_exactly_once(r: redis.Redis, keys: Keys, tmp_path: Path) -> None:
+def test_sigkilled_drain_resumes_exactly_once(
+    r: redis.Redis, redis_server: RedisServer, keys: Keys, tmp_path: Path
+) -> None:
     store = ExampleStore(r, keys, settle_ms=0)
     g = games(6, seed=3)
     for i, x in enumerate(g):
@@ -246,12 +248,14 @@ def test_sigkilled_drain_resumes_exactly_once(r: redis.Redis, keys: Keys, tmp_pa
     code = (
         "import sys, redis; from hexz_tasks.store import ExampleStore; "
         "from hexz_tasks.dataset import Dataset; from hexz_tasks.keys import Keys; "
-        "s = ExampleStore(redis.Redis(), Keys(sys.argv[1]), settle_ms=0); "
+        "s = ExampleStore(redis.Redis.from_url(sys.argv[3]), Keys(sys.argv[1]), settle_ms=0); "
         "[s.drain(Dataset(sys.argv[2]), max_chunk=20) for _ in iter(int, 1)]"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     for delay in (0.3, 0.6, 0.9):
-        proc = subprocess.Popen([sys.executable, "-c", code, keys.prefix, str(root)], env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, keys.prefix, str(root), redis_server.url], env=env
+        )
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +33,8 @@ def one_thread() -> None:
 
 
 @pytest.fixture
-def store() -> ExampleStore:
-    r = redis.Redis()
-    keys = Keys(f"hexzdatatest-{uuid.uuid4().hex[:12]}")
-    yield ExampleStore(r, keys, settle_ms=0)
-    for key in r.scan_iter(f"{keys.prefix}:*"):
-        r.delete(key)
+def store(redis_client: redis.Redis, test_keys: Keys) -> ExampleStore:
+    return ExampleStore(redis_client, test_keys, settle_ms=0)
 
 
 def _settings(tmp_path: Path, **kw) -> Settings:

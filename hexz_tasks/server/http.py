@@ -23,7 +23,7 @@ from hexz_tasks import hexz_pb2
 from hexz_tasks.examples import decode_array
 from hexz_tasks.layout import CELLS, COLS
 from hexz_tasks.server import overview as ov
-from hexz_tasks.server import svg
+from hexz_tasks.server import plots, svg
 from hexz_tasks.server.player import MAX_REQUEST_BYTES, Busy, ClientError, Unavailable
 from hexz_tasks.server.state import ServerState
 
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf", "application/octet-stream")
 MAX_BODY_BYTES = MAX_REQUEST_BYTES
 MAX_EXAMPLES_SHOWN = 50
+# Rows of each status page table (newest first); the JSON endpoints have them all.
+ROWS_SHOWN = 20
 # waitress: a connection silent this long is closed (checked every CLEANUP_INTERVAL_S),
 # so half-sent requests cannot hold connections for minutes.
 CHANNEL_TIMEOUT_S = 10
@@ -104,7 +106,14 @@ def create_app(state: ServerState) -> Flask:
     @app.get("/")
     def status_page() -> str:
         data = ov.overview(state)
-        return render_template("status.html", s=data, plots=_plots(data), fmt_time=_fmt_time)
+        return render_template(
+            "status.html",
+            s=data,
+            plots=_plots(data),
+            shown=ROWS_SHOWN,
+            fmt_time=_fmt_time,
+            fmt_duration=_fmt_duration,
+        )
 
     @app.get("/examples/latest")
     def latest_examples() -> str:
@@ -172,60 +181,47 @@ def _fmt_time(t: float | None) -> str:
         return "-"
 
 
-def _loss_series(runs: list[dict[str, Any]]) -> list[svg.Series]:
-    """Final-epoch losses (total, policy, value) against the checkpoint each run made."""
-    series = []
-    for name in ("loss", "policy_loss", "value_loss"):
-        pts = [
-            (float(r["checkpoint"]), r[name])
-            for r in runs
-            if r[name] is not None and isinstance(r["checkpoint"], int)
-        ]
-        if pts:
-            series.append(svg.Series(name, pts))
-    return series
+def _fmt_duration(seconds: float | None) -> str:
+    """A duration as people write it: 45 s, 3 min 20 s, 2 h 05 min, 3 d 4 h."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)  # a clock a little ahead elsewhere
+    s = round(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h} h {m:02d} min"
+    d, h = divmod(h, 24)
+    return f"{d} d {h} h"
 
 
 def _plots(data: dict[str, Any]) -> dict[str, Markup]:
-    plots = {
-        "loss": svg.line_plot(
-            _loss_series(data["training_runs"]) or [svg.Series("loss", [])],
-            title="Training loss per checkpoint",
-            x_label="checkpoint",
-            y_label="loss",
-        ),
-        "examples_per_hour": svg.line_plot(
-            [svg.Series("examples/hour", [tuple(p) for p in data["examples_per_hour"]])],
-            title="Examples per hour (between trainings)",
-            x_label="hours from now",
-            y_label="examples / hour",
-        ),
-        "examples_per_minute": svg.line_plot(
-            [
-                svg.Series(
-                    "examples/minute", [tuple(p) for p in data["examples"]["examples_per_minute"]]
-                )
-            ],
-            title="Examples per minute, last hour",
-            x_label="minutes from now",
-            y_label="examples",
-            bars=True,
+    """Every plot of the status page, from the overview's data (cached per data version)."""
+    runs = [
+        [r["checkpoint"], r["loss"], r["policy_loss"], r["value_loss"]]
+        for r in data["training_runs"]
+        if isinstance(r["checkpoint"], int)
+        and None not in (r["loss"], r["policy_loss"], r["value_loss"])
+    ]
+    curve = data["ratings"] or []
+    rated = [[e["checkpoint"], e["rating"], e["low"], e["high"]] for e in curve if "rating" in e]
+    metrics = ("policy_ce", "value_mse", "value_sign_acc")
+    heldout = [[e["checkpoint"], *(e[m] for m in metrics)] for e in curve if metrics[0] in e]
+    drawn = {
+        "ratings": plots.plot("ratings", {"curve": rated, "baselines": data["baselines"]}),
+        "losses": plots.plot("losses", runs),
+        "heldout": plots.plot("heldout", heldout),
+        "examples_per_hour": plots.plot("examples_per_hour", data["examples_per_hour"]),
+        "examples_per_minute": plots.plot(
+            "examples_per_minute", data["examples"]["examples_per_minute"]
         ),
     }
-    if data["ratings"]:
-        pts = [
-            (float(r["checkpoint"]), float(r["rating"]))
-            for r in data["ratings"]
-            if "checkpoint" in r and "rating" in r
-        ]
-        plots["ratings"] = svg.line_plot(
-            [svg.Series("rating", pts)],
-            title="Rating per checkpoint",
-            x_label="checkpoint",
-            y_label="rating",
-        )
-    # The SVG is built from numbers and escaped text only (svg.py), so it is safe markup.
-    return {k: Markup(v) for k, v in plots.items()}
+    # matplotlib's SVG of numbers and escaped text (plots.py): safe markup.
+    return {k: Markup(v) for k, v in drawn.items()}
 
 
 def _move_dict(ex: hexz_pb2.TrainingExample) -> dict[str, Any] | None:

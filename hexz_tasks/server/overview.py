@@ -15,6 +15,7 @@ import redis
 from hexz_tasks import hexz_pb2
 from hexz_tasks.server.player import Unavailable
 from hexz_tasks.server.state import ServerState
+from hexz_tasks.tensorboard_events import tensorboard_command
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ def checkpoints(state: ServerState) -> list[dict[str, Any]]:
 
 
 def examples(state: ServerState, now: float) -> dict[str, Any]:
-    """Counters of the store and rates from the per-minute counters of the self-play tasks."""
+    """Counters of the store and rates from the per-minute counters of the self-play tasks:
+    ``examples_per_minute`` is [unix time the minute starts, examples] of the last hour."""
     out: dict[str, Any] = dict(state.store.counters())
     rates_key = getattr(state.keys, "rates", None)
     per_minute: dict[int, int] = {}
@@ -96,14 +98,15 @@ def examples(state: ServerState, now: float) -> dict[str, Any]:
     this_minute = int(now // 60)
     out["examples_last_hour"] = sum(v for m, v in per_minute.items() if this_minute - m < 60)
     out["examples_per_minute"] = [
-        [m - this_minute, per_minute.get(m, 0)] for m in range(this_minute - 59, this_minute + 1)
+        [m * 60, per_minute.get(m, 0)] for m in range(this_minute - 59, this_minute + 1)
     ]
     return out
 
 
-def examples_per_hour(runs: list[dict[str, Any]], now: float) -> list[list[float]]:
-    """[hours from now, examples per hour] between consecutive training runs, from the
-    example total each run was trained at (`run_summary` of each run)."""
+def examples_per_hour(runs: list[dict[str, Any]]) -> list[list[float]]:
+    """[unix time a run finished, examples per hour since the run before] between
+    consecutive training runs, from the example total each run was trained at
+    (`run_summary` of each run)."""
     points = sorted(
         (r["finished"], r["examples_total"])
         for r in runs
@@ -112,7 +115,7 @@ def examples_per_hour(runs: list[dict[str, Any]], now: float) -> list[list[float
     out = []
     for (t0, n0), (t1, n1) in itertools.pairwise(points):
         if t1 > t0 and n1 >= n0:
-            out.append([round((t1 - now) / 3600, 3), round((n1 - n0) / (t1 - t0) * 3600, 1)])
+            out.append([round(t1, 1), round((n1 - n0) / (t1 - t0) * 3600, 1)])
     return out
 
 
@@ -147,6 +150,22 @@ def ratings(state: ServerState) -> list[dict[str, Any]] | None:
         return None
 
 
+def baselines(state: ServerState) -> list[dict[str, Any]]:
+    """Ratings of the players that are not checkpoints (pure MCTS, ...), on the same scale."""
+    from hexz_tasks.ratings import baselines as fit_baselines
+
+    try:
+        rated = fit_baselines(state.settings, state.redis, state.keys)
+    except Exception as e:
+        log.warning("baseline ratings failed: %s", e)
+        return []
+    return [
+        {"player": b.player, "elo": round(b.elo, 1), "low": round(b.low, 1),
+         "high": round(b.high, 1), "games": b.games}
+        for b in rated
+    ]  # fmt: skip
+
+
 def overview(state: ServerState) -> dict[str, Any]:
     now = time.time()
     runs = training_runs(state)
@@ -168,11 +187,13 @@ def overview(state: ServerState) -> dict[str, Any]:
         "latest_model": latest_model,
         "training_active": json.loads(active) if active else None,
         "examples": examples(state, now),
-        "examples_per_hour": examples_per_hour(summaries, now),
+        "examples_per_hour": examples_per_hour(summaries),
         "training_runs": summaries,
         "checkpoints": checkpoints(state),
         "pipeline": pipeline(state),
         "ratings": ratings(state),
+        "baselines": baselines(state),
+        "tensorboard": tensorboard_command(state.settings),
         "settings": settings_dict(state),
     }
 

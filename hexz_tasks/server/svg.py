@@ -1,13 +1,12 @@
-"""Server-side SVG: hex boards of training examples and small line/bar plots.
+"""Server-side SVG of hex boards (training examples); the plots are plots.py's.
 
-Everything is drawn here in Python so that the pages need no JavaScript. Text is
-escaped; numbers are formatted with fixed precision so the output is stable.
+Drawn here in Python so that the pages need no JavaScript. Text is escaped; numbers are
+formatted with fixed precision so the output is stable.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -18,7 +17,6 @@ from hexz_tasks.layout import BOARD_SHAPE, COLS, ROWS
 # Colours per view: the player to move (channels 0-4) and the opponent (channels 5-9).
 MOVER_COLOUR = "#1f77b4"
 OTHER_COLOUR = "#d62728"
-SERIES_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
 def _valid(r: int, c: int) -> bool:
@@ -155,118 +153,3 @@ def _tint(colour: str) -> str:
     """A light version of a #rrggbb colour, for flag cells."""
     rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
     return "#" + "".join(f"{int(v + (255 - v) * 0.75):02x}" for v in rgb)
-
-
-@dataclass(frozen=True)
-class Series:
-    name: str
-    points: Sequence[tuple[float, float]]
-
-
-def line_plot(
-    series: Sequence[Series],
-    *,
-    title: str,
-    x_label: str,
-    y_label: str,
-    bars: bool = False,
-    width: int = 520,
-    height: int = 240,
-) -> str:
-    """A small plot with axes, ticks and a legend. `bars` draws the first series as bars."""
-    pts = [p for s in series for p in s.points if math.isfinite(p[0]) and math.isfinite(p[1])]
-    left, right, top, bottom = 56, 12, 28, 40
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img">',
-        f"<title>{escape(title)}</title>",
-        f'<text x="{width / 2:.0f}" y="16" text-anchor="middle" font-size="13" '
-        f'font-weight="bold">{escape(title)}</text>',
-    ]
-    if not pts:
-        out.append(
-            f'<text x="{width / 2:.0f}" y="{height / 2:.0f}" text-anchor="middle" '
-            f'font-size="12" fill="#777">no data yet</text></svg>'
-        )
-        return "".join(out)
-    xs = [p[0] for p in pts]
-    ys = [p[1] for p in pts]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    if bars:
-        y0 = min(0.0, y0)
-        x0, x1 = x0 - 0.5, x1 + 0.5
-    x0, x1 = _widen(x0, x1)
-    y0, y1 = _widen(y0, y1)
-    pw, ph = width - left - right, height - top - bottom
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * pw
-
-    def sy(y: float) -> float:
-        return top + ph - (y - y0) / (y1 - y0) * ph
-
-    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>')
-    for i in range(5):
-        yv = y0 + (y1 - y0) * i / 4
-        out.append(
-            f'<line x1="{left - 4}" y1="{sy(yv):.1f}" x2="{left + pw}" y2="{sy(yv):.1f}" '
-            f'stroke="#ddd"/><text x="{left - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end" '
-            f'font-size="10">{_fmt(yv, y1 - y0)}</text>'
-        )
-        xv = x0 + (x1 - x0) * i / 4
-        out.append(
-            f'<text x="{sx(xv):.1f}" y="{top + ph + 14}" text-anchor="middle" '
-            f'font-size="10">{_fmt(xv, x1 - x0)}</text>'
-        )
-    out.append(
-        f'<text x="{left + pw / 2:.0f}" y="{height - 6}" text-anchor="middle" '
-        f'font-size="11">{escape(x_label)}</text>'
-        f'<text x="12" y="{top + ph / 2:.0f}" text-anchor="middle" font-size="11" '
-        f'transform="rotate(-90 12 {top + ph / 2:.0f})">{escape(y_label)}</text>'
-    )
-    for i, s in enumerate(series):
-        colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
-        good = [p for p in s.points if math.isfinite(p[0]) and math.isfinite(p[1])]
-        if bars and i == 0:
-            bw = max(1.0, pw / max(1.0, x1 - x0) * 0.8)
-            for x, y in good:
-                out.append(
-                    f'<rect class="bar" x="{sx(x) - bw / 2:.1f}" y="{min(sy(y), sy(0)):.1f}" '
-                    f'width="{bw:.1f}" height="{abs(sy(0) - sy(y)):.1f}" fill="{colour}"/>'
-                )
-        else:
-            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in good)
-            out.append(
-                f'<polyline class="line" points="{path}" fill="none" stroke="{colour}" '
-                f'stroke-width="2"/>'
-            )
-            out.extend(
-                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>'
-                for x, y in good
-            )
-        out.append(
-            f'<text x="{left + 8}" y="{top + 14 + 13 * i}" font-size="11" '
-            f'fill="{colour}">{escape(s.name)}</text>'
-        )
-    out.append("</svg>")
-    return "".join(out)
-
-
-def _widen(lo: float, hi: float) -> tuple[float, float]:
-    """An axis range that is never empty: a single value gets 10% (or 1) either side."""
-    if hi > lo:
-        return lo, hi
-    pad = abs(lo) * 0.1 or 1.0
-    return lo - pad, hi + pad
-
-
-def _fmt(v: float, span: float) -> str:
-    """A tick label with enough digits that ticks `span / 4` apart read differently."""
-    step = span / 4
-    if abs(v) < step * 1e-6:
-        return "0"
-    e_step = math.floor(math.log10(step))
-    if 1e-3 <= abs(v) < 1e6:
-        return f"{v:.{max(0, 1 - e_step)}f}"
-    return f"{v:.{max(1, math.floor(math.log10(abs(v))) - e_step + 2)}g}"
