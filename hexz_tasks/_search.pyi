@@ -72,11 +72,11 @@ class Search:
     def tree_size(self) -> int: ...
 
 class SelfPlay:
-    n_games: int
+    n_games: int | None
     capacity: int
     def __init__(
         self,
-        n_games: int,
+        n_games: int | None,
         games_in_flight: int,
         seed: int | None = None,
         *,
@@ -84,6 +84,7 @@ class SelfPlay:
         runs_per_fast_move: int = 100,
         fast_move_prob: float = 0.0,
         max_moves_per_game: int = 200,
+        sampled_moves: int | None = None,
         resign_threshold: float | None = None,
         uct_c: float = 1.5,
         initial_root_q_value: float = -0.2,
@@ -104,3 +105,10 @@ class SelfPlay:
     def evaluations(self) -> int: ...
     @property
     def examples_recorded(self) -> int: ...
+    @property
+    def moves_played(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def checkpoint(self) -> int: ...
+    def set_checkpoint(self, checkpoint: int) -> None: ...

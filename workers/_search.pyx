@@ -297,6 +297,7 @@ cdef object _game_dict(GameRecord& g):
     moves = np.empty((k, 4), dtype=np.int32)
     results = np.empty(k, dtype=np.float32)
     unix_micros = np.empty(k, dtype=np.int64)
+    checkpoints = np.empty(k, dtype=np.int32)
     duration_micros = np.empty(k, dtype=np.int64)
     selected_child_vc = np.empty(k, dtype=np.int32)
     selected_child_q = np.empty(k, dtype=np.float32)
@@ -314,6 +315,7 @@ cdef object _game_dict(GameRecord& g):
         moves[i] = (e.move.typ, e.move.r, e.move.c, e.move.value)
         results[i] = e.result
         unix_micros[i] = e.unix_micros
+        checkpoints[i] = e.checkpoint
         duration_micros[i] = e.duration_micros
         selected_child_vc[i] = e.selected_child_vc
         selected_child_q[i] = e.selected_child_q
@@ -337,6 +339,7 @@ cdef object _game_dict(GameRecord& g):
         "moves": moves,
         "results": results,
         "unix_micros": unix_micros,
+        "checkpoints": checkpoints,
         "duration_micros": duration_micros,
         "selected_child_vc": selected_child_vc,
         "selected_child_q": selected_child_q,
@@ -345,26 +348,28 @@ cdef object _game_dict(GameRecord& g):
 
 
 cdef class SelfPlay:
-    """Plays `n_games` self-play games, `games_in_flight` at a time, one batch per step.
+    """Plays `n_games` self-play games (None: open-ended, a finished game's slot starts the
+    next at once, for ever), `games_in_flight` at a time, one batch per step.
 
     Loop: n = prepare(boards, masks); collect take_finished(); stop at n == 0; run the
-    network on boards[:n], masks[:n]; feed(priors, values).
+    network on boards[:n], masks[:n]; feed(priors, values). `pending` is the size of a
+    prepared batch not fed yet: feed it before the next prepare.
     """
 
     cdef SelfPlayDriver* c
-    cdef readonly int n_games
+    cdef readonly object n_games
     cdef readonly int capacity
 
     def __cinit__(
-        self, int n_games, int games_in_flight, seed=None, *, int runs_per_move=800,
+        self, n_games, int games_in_flight, seed=None, *, int runs_per_move=800,
         int runs_per_fast_move=100, float fast_move_prob=0.0, int max_moves_per_game=200,
         sampled_moves=None, resign_threshold=None, float uct_c=1.5,
         float initial_root_q_value=-0.2, float initial_q_penalty=0.3,
         float dirichlet_concentration=0.0, int random_playouts=0,
         bint end_game_when_stuck=False, bint eval_cache=True,
     ):
-        if n_games < 0:
-            raise ValueError(f"n_games must be >= 0, got {n_games}")
+        if n_games is not None and not 0 <= n_games < 2**31:
+            raise ValueError(f"n_games must be in [0, 2**31) or None, got {n_games}")
         if games_in_flight < 1:
             raise ValueError(f"games_in_flight must be positive, got {games_in_flight}")
         if runs_per_move < 1 or runs_per_fast_move < 1:
@@ -387,7 +392,9 @@ cdef class SelfPlay:
         p.sampled_moves = -1 if sampled_moves is None else sampled_moves
         p.resign = resign_threshold is not None
         p.resign_threshold = resign_threshold if resign_threshold is not None else -1.0
-        self.c = new SelfPlayDriver(p, n_games, games_in_flight, _seed(seed))
+        self.c = new SelfPlayDriver(
+            p, -1 if n_games is None else n_games, games_in_flight, _seed(seed)
+        )
         self.n_games = n_games
         self.capacity = self.c.games_in_flight()
 
@@ -398,6 +405,8 @@ cdef class SelfPlay:
         """Advances all games; writes the batch to boards/masks (capacity rows each)."""
         cdef float[:, :, :, ::1] bv = boards
         cdef uint8_t[:, :, :, ::1] mv = np.asarray(masks).view(np.uint8)
+        if self.c.batch_size() > 0:
+            raise ValueError(f"the last batch ({self.c.batch_size()} rows) was not fed yet")
         if bv.shape[0] < self.capacity or mv.shape[0] < self.capacity:
             raise ValueError(f"boards and masks need {self.capacity} rows")
         if tuple(boards.shape[1:]) != BOARD_SHAPE or tuple(masks.shape[1:]) != MASK_SHAPE:
@@ -447,3 +456,23 @@ cdef class SelfPlay:
     def examples_recorded(self) -> int:
         """Examples recorded so far, in finished games and games in progress."""
         return self.c.examples_recorded()
+
+    @property
+    def moves_played(self) -> int:
+        """Moves played so far (fast moves included), in finished games and games in progress."""
+        return self.c.moves_played()
+
+    @property
+    def pending(self) -> int:
+        """Rows of the last prepared batch not fed yet (0: prepare may run)."""
+        return self.c.batch_size()
+
+    @property
+    def checkpoint(self) -> int:
+        """The checkpoint that examples recorded from now on carry (-1: none)."""
+        return self.c.checkpoint()
+
+    def set_checkpoint(self, int checkpoint) -> None:
+        """Examples of moves decided from now on record `checkpoint` (the model that
+        searched them); games in flight continue."""
+        self.c.set_checkpoint(checkpoint)

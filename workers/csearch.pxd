@@ -99,6 +99,7 @@ cdef extern from "selfplay.h" namespace "hexz" nogil:
         int32_t selected_child_vc
         float selected_child_q
         float result
+        int32_t checkpoint
 
     cdef cppclass GameRecord:
         int index
@@ -122,6 +123,9 @@ cdef extern from "selfplay.h" namespace "hexz" nogil:
         int games_finished()
         int64_t evaluations()
         int64_t examples_recorded()
+        int64_t moves_played()
         int games_in_flight()
+        void set_checkpoint(int32_t checkpoint)
+        int32_t checkpoint()
 
     uint64_t GameSeed(uint64_t seed, uint64_t index)

@@ -34,7 +34,7 @@ Game::Game(const SelfPlayParams& params, int index, uint64_t seed)
   mcts_.Reset(Board::Random(mcts_.rng()), 0);
 }
 
-bool Game::Advance() {
+bool Game::Advance(int32_t checkpoint) {
   while (!done_) {
     if (!in_move_) {
       if (move_number_ >= params_.max_moves_per_game) {
@@ -66,7 +66,7 @@ bool Game::Advance() {
     if (fast_) {
       record_.fast_moves++;
     } else {
-      RecordExample(child);
+      RecordExample(child, checkpoint);
     }
     mcts_.MakeMove(child);
     move_number_++;
@@ -79,7 +79,7 @@ bool Game::Advance() {
   return false;
 }
 
-void Game::RecordExample(int child) {
+void Game::RecordExample(int child, int32_t checkpoint) {
   Example& e = record_.examples.emplace_back();
   const Mcts& m = mcts_;
   const Node& root = m.root();
@@ -106,6 +106,7 @@ void Game::RecordExample(int child) {
   e.stats = m.Stats();
   e.selected_child_vc = chosen.visits;
   e.selected_child_q = chosen.Q();
+  e.checkpoint = checkpoint;
 }
 
 void Game::Finish(int result) {
@@ -120,7 +121,8 @@ void Game::Finish(int result) {
 SelfPlayDriver::SelfPlayDriver(const SelfPlayParams& params, int n_games, int games_in_flight,
                                uint64_t seed)
     : params_(params), n_games_(n_games), seed_(seed) {
-  slots_.resize(std::max(1, std::min(games_in_flight, std::max(n_games, 1))));
+  const int slots = n_games < 0 ? games_in_flight : std::min(games_in_flight, std::max(n_games, 1));
+  slots_.resize(std::max(1, slots));
 }
 
 int SelfPlayDriver::Prepare(float* boards, uint8_t* masks) {
@@ -128,12 +130,12 @@ int SelfPlayDriver::Prepare(float* boards, uint8_t* masks) {
   for (size_t s = 0; s < slots_.size(); s++) {
     while (true) {
       if (!slots_[s]) {
-        if (started_ >= n_games_) break;
+        if (n_games_ >= 0 && started_ >= n_games_) break;
         slots_[s] = std::make_unique<Game>(params_, started_, GameSeed(seed_, started_));
         started_++;
       }
       Game& g = *slots_[s];
-      if (g.Advance()) {
+      if (g.Advance(checkpoint_)) {
         const int k = static_cast<int>(batch_.size());
         const Mcts& m = g.search();
         std::memcpy(boards + static_cast<size_t>(k) * kTensorSize, m.LeafTensor(),
@@ -143,6 +145,7 @@ int SelfPlayDriver::Prepare(float* boards, uint8_t* masks) {
         break;
       }
       finished_examples_ += g.num_examples();
+      finished_moves_ += g.num_moves();
       finished_.push_back(g.TakeRecord());
       finished_count_++;
       slots_[s].reset();
@@ -163,6 +166,14 @@ int64_t SelfPlayDriver::examples_recorded() const {
   int64_t n = finished_examples_;
   for (const auto& g : slots_) {
     if (g) n += g->num_examples();
+  }
+  return n;
+}
+
+int64_t SelfPlayDriver::moves_played() const {
+  int64_t n = finished_moves_;
+  for (const auto& g : slots_) {
+    if (g) n += g->num_moves();
   }
   return n;
 }
