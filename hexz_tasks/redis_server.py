@@ -147,7 +147,11 @@ def ensure_running(settings: Settings, timeout_s: float = 30.0) -> subprocess.Po
         return None
     data_dir = settings.data_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(server_command(EMBEDDED_PORT, data_dir.resolve()))
+    # Its own session: Ctrl-C in a terminal reaches the pipeline's processes, not Redis,
+    # which the caller stops last, once they are gone.
+    proc = subprocess.Popen(
+        server_command(EMBEDDED_PORT, data_dir.resolve()), start_new_session=True
+    )
     deadline = time.monotonic() + timeout_s
     while not _responds(client):
         if proc.poll() is not None:

@@ -35,8 +35,6 @@ _STATS_SCALARS = (
     "branch_nodes", "min_child_vc", "max_child_vc",
 )  # fmt: skip
 
-ModelKeyLike = hexz_pb2.ModelKey | tuple[str, int] | None
-
 
 @dataclass
 class GameRecord:
@@ -66,18 +64,11 @@ def search_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _model_key(model_key: ModelKeyLike) -> hexz_pb2.ModelKey | None:
-    if model_key is None or isinstance(model_key, hexz_pb2.ModelKey):
-        return model_key
-    name, checkpoint = model_key
-    return hexz_pb2.ModelKey(name=name, checkpoint=int(checkpoint))
-
-
 def _seed(seed: int | None) -> int:
     return int.from_bytes(os.urandom(8), "little") if seed is None else seed
 
 
-def _examples(game: dict[str, Any], key: hexz_pb2.ModelKey | None) -> list:
+def _examples(game: dict[str, Any], model_name: str | None) -> list:
     out = []
     for i in range(len(game["turns"])):
         turn = int(game["turns"][i])
@@ -110,10 +101,46 @@ def _examples(game: dict[str, Any], key: hexz_pb2.ModelKey | None) -> list:
                 **{name: stats[name] for name in _STATS_SCALARS},
             ),
         )
-        if key is not None:
-            ex.model_key.CopyFrom(key)
+        checkpoint = int(game["checkpoints"][i])
+        if model_name is not None and checkpoint >= 0:
+            ex.model_key.CopyFrom(hexz_pb2.ModelKey(name=model_name, checkpoint=checkpoint))
         out.append(ex)
     return out
+
+
+def finished_game(game: dict[str, Any], model_name: str | None) -> GameRecord:
+    """A finished game as the driver hands it over (SelfPlay.take_finished) -> a GameRecord
+    whose ``examples`` are what ExampleStore.add_game stores. Each example's model key is
+    (`model_name`, the checkpoint that searched its move); none without a name or a
+    checkpoint (-1)."""
+    return GameRecord(
+        index=game["index"],
+        examples=_examples(game, model_name),
+        result=game["result"],
+        score=game["score"],
+        num_moves=game["num_moves"],
+        evaluations=game["evaluations"],
+        cache_hits=game["cache_hits"],
+        fast_moves=game["fast_moves"],
+        resigned=game["resigned"],
+    )
+
+
+def make_driver(settings: Settings, n_games: int | None, seed: int | None) -> SelfPlay:
+    """The C++ self-play driver with the settings' search parameters; `n_games` None:
+    open-ended (a self-play worker process keeps one for its whole life)."""
+    return SelfPlay(
+        n_games,
+        settings.games_in_flight,
+        _seed(seed),
+        runs_per_move=settings.runs_per_move,
+        runs_per_fast_move=settings.runs_per_fast_move,
+        fast_move_prob=settings.fast_move_prob,
+        max_moves_per_game=settings.max_moves_per_game,
+        sampled_moves=settings.sampled_moves,
+        resign_threshold=settings.resign_threshold,
+        **search_kwargs(settings),
+    )
 
 
 def play_games(
@@ -121,13 +148,14 @@ def play_games(
     n_games: int,
     settings: Settings,
     seed: int | None = None,
-    model_key: ModelKeyLike = None,
+    model_key: tuple[str, int] | None = None,
     *,
     stats: dict[str, Any] | None = None,
     on_step: Callable[[dict[str, Any]], bool | None] | None = None,
 ) -> Iterator[GameRecord]:
     """Plays `n_games` self-play games, `settings.games_in_flight` at a time, and yields
     each as soon as it finishes. Game i depends only on (seed, i) and the network.
+    `model_key` (name, checkpoint) goes into every example's model key.
 
     `stats`, if given, is updated in place with running totals (evaluations,
     inference_s, games_started, games_finished, examples of finished games,
@@ -140,19 +168,11 @@ def play_games(
     if settings.inference_threads > 0:
         torch.set_num_threads(settings.inference_threads)
     evaluator = as_evaluator(model, settings.device)
-    key = _model_key(model_key)
-    driver = SelfPlay(
-        n_games,
-        settings.games_in_flight,
-        _seed(seed),
-        runs_per_move=settings.runs_per_move,
-        runs_per_fast_move=settings.runs_per_fast_move,
-        fast_move_prob=settings.fast_move_prob,
-        max_moves_per_game=settings.max_moves_per_game,
-        sampled_moves=settings.sampled_moves,
-        resign_threshold=settings.resign_threshold,
-        **search_kwargs(settings),
-    )
+    driver = make_driver(settings, n_games, seed)
+    model_name = None
+    if model_key is not None:
+        model_name = model_key[0]
+        driver.set_checkpoint(model_key[1])
     boards = np.zeros((driver.capacity, 11, 11, 10), dtype=np.float32)
     masks = np.zeros((driver.capacity, 2, 11, 10), dtype=bool)
     stats = stats if stats is not None else {}
@@ -165,17 +185,7 @@ def play_games(
         stats["examples_recorded"] = driver.examples_recorded
         for game in driver.take_finished():
             stats["examples"] += len(game["turns"])
-            yield GameRecord(
-                index=game["index"],
-                examples=_examples(game, key),
-                result=game["result"],
-                score=game["score"],
-                num_moves=game["num_moves"],
-                evaluations=game["evaluations"],
-                cache_hits=game["cache_hits"],
-                fast_moves=game["fast_moves"],
-                resigned=game["resigned"],
-            )
+            yield finished_game(game, model_name)
         if n == 0:
             return
         start = time.perf_counter()

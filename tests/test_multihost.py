@@ -359,7 +359,7 @@ def test_worker_across_a_cut_link_recovers_and_stores_every_game_once(
     from hexz_tasks.repository import ModelRepository
     from hexz_tasks.settings import Settings
     from hexz_tasks.store import ExampleStore
-    from hexz_tasks.tasks import ensure_model_published
+    from hexz_tasks.training_tick import ensure_model_published
 
     keys = Keys(TEST_PREFIX)
     r = link_redis.client()

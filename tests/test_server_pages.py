@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """Servers with examples and one real training run, so every plot and board has data."""
-    from hexz_tasks.tasks import run_training_tick
+    from hexz_tasks.training_tick import run_training_tick
 
     for r in run_servers(tmp_path_factory):
         for seed in range(200, 204):
