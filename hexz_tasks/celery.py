@@ -130,10 +130,9 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
-# The worker's main process raises the stop flag when its shutdown starts; pool children
-# raise it when they get SIGTERM during a slice (hexz_tasks.stop_flag).
+# The worker's main process raises the stop flag when its shutdown starts (pool children
+# that get SIGTERM during a slice raise their own, see hexz_tasks.stop_flag).
 signals.worker_shutting_down.connect(stop_flag.request_stop, weak=False)
-signals.worker_process_init.connect(stop_flag.install_child_handler, weak=False)
 
 
 class WorkerRegistry(bootsteps.StartStopStep):

@@ -6,9 +6,12 @@ P live self-play processes the feeder tops queued + running slices up to 2 P: ev
 process finds its next slice waiting when one ends, and the queue never grows beyond P
 however long the pipeline runs.
 
-Backpressure: once the examples waiting in Redis for the trainer reach FULL_FRACTION of
-HEXZ_MAX_PENDING_EXAMPLES, it queues nothing, so a stopped trainer idles the self-play
-fleet within a slice instead of making it play games the store cannot take.
+Backpressure: it queues nothing while the examples waiting in Redis for the trainer
+reach FULL_FRACTION of HEXZ_MAX_PENDING_EXAMPLES, or while the finished games that
+self-play processes keep because the store refused them would not fit: a stopped
+trainer idles the self-play fleet within a slice instead of making it play games the
+store cannot take. Once the trainer drains the store, slices run again and store the
+kept games first.
 """
 
 from __future__ import annotations
@@ -39,10 +42,16 @@ def feed_selfplay_queue(app: Any, r: redis.Redis, keys: Keys, settings: Settings
     `app` is the Celery app to send them with. Returns how many it sent."""
     now = time.time()
     prune(r, keys, now)
-    live_progress(r, keys, now)  # prunes entries of processes gone
     pending = ExampleStore(r, keys).counters()["pending"]
-    if pending >= FULL_FRACTION * settings.max_pending_examples:
-        log.info("self-play feeder: %d examples wait for the trainer; queueing nothing", pending)
+    kept = sum(p["unstored_examples"] for p in live_progress(r, keys, now).values())
+    bound = settings.max_pending_examples
+    if pending >= FULL_FRACTION * bound or (kept and pending + kept > bound):
+        log.info(
+            "self-play feeder: %d examples wait for the trainer, %d more in finished games "
+            "kept by self-play; queueing nothing",
+            pending,
+            kept,
+        )
         return 0
     processes = sum(
         w["concurrency"]

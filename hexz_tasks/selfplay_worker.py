@@ -22,8 +22,9 @@ the next slice stores such games before it plays on.
 
 Progress: every HEARTBEAT_S the process writes a JSON entry to Keys.selfplay_progress
 (games in flight, moves played and per second, batches, mean batch occupancy, the
-checkpoint it plays with, games stored, games waiting for the store); `hexz status` and
-the status page show it from the first batch on, long before the first game finishes.
+checkpoint it plays with, games stored, finished games waiting for room in the store);
+`hexz status` and the status page show it from the first batch on, long before the
+first game finishes.
 
 Stopping: between batches the slice checks hexz_tasks.stop_flag and returns early, so
 a worker asked to stop acknowledges its task within a batch.
@@ -239,6 +240,7 @@ class SelfPlayProcess:
             "games_stored": self.games_stored,
             "examples_stored": self.examples_stored,
             "unstored": len(self.unstored),
+            "unstored_examples": sum(len(g.examples) for g in self.unstored),
             "moves": moves,
             "moves_per_s": round((moves - moves0) / max(now - t0, 1e-9), 2),
             "evaluations": self.driver.evaluations,

@@ -283,7 +283,11 @@ def test_feeder_queues_nothing_while_the_store_is_nearly_full(
     r.hset(keys.counters, "pending", 90)  # 90 % of the bound wait for the trainer
     assert feed_selfplay_queue(app, r, keys, settings) == 0
     assert r.llen(SELFPLAY_QUEUE) == 0
-    r.hset(keys.counters, "pending", 89)  # the trainer drained some
+    r.hset(keys.counters, "pending", 50)  # the trainer drained some ...
+    kept = {"unstored_examples": 60, "updated": time.time()}
+    r.hset(keys.selfplay_progress, "p", json.dumps(kept))  # ... but a kept game needs 60
+    assert feed_selfplay_queue(app, r, keys, settings) == 0
+    r.hset(keys.counters, "pending", 40)  # room for it: slices run and store it first
     assert feed_selfplay_queue(app, r, keys, settings) == 4
     app.close()
 
@@ -310,8 +314,8 @@ def test_gather_status_reports_counts_rates_models_and_training(
     progress = {
         "host": "h", "pid": 7, "state": "playing", "games_in_flight": 16, "games_started": 16,
         "games_finished": 0, "games_stored": 0, "examples_stored": 0, "unstored": 0,
-        "moves": 120, "moves_per_s": 1.5, "evaluations": 9000, "batches": 560,
-        "batch_rows": 8960, "occupancy": 1.0, "checkpoint": 2, "started": now - 60,
+        "unstored_examples": 0, "moves": 120, "moves_per_s": 1.5, "evaluations": 9000,
+        "batches": 560, "batch_rows": 8960, "occupancy": 1.0, "checkpoint": 2, "started": now - 60,
         "updated": now - 2,
     }  # fmt: skip
     r.hset(keys.selfplay_progress, "p1", json.dumps(progress))
