@@ -8,12 +8,13 @@ A worker is asked to stop in two ways; either makes :func:`stop_requested` true:
   (hexz_tasks.celery connects :func:`request_stop`). The pool children never see that
   signal, so the flag lives in a page of shared memory that the main process maps at
   import, before it forks its pool.
-- SIGTERM to the whole process group (honcho, Ctrl-C in ``hexz run``): the pool children
-  get it too, and by default exit at once (the slice's task would come back with a
-  WorkerLostError). While a slice runs (:func:`slice_running`), a child raises its own
-  flag instead (only its own: a child terminated alone, e.g. by a revoke, must not
-  stop the others) and exits at the latest CHILD_EXIT_S later. An idle child still
-  exits at once.
+- SIGTERM to a pool child: to the whole process group (honcho, Ctrl-C in ``hexz run``),
+  or to the child alone (Celery cancelling its tasks when the broker connection drops,
+  a revoke with terminate). By default a child exits at once and the slice's task comes
+  back with a WorkerLostError; while a slice runs (:func:`slice_running`), SIGTERM ends
+  just that slice instead, after its current batch. The child then lives on: in a
+  shutdown the pool ends it once its task returned, otherwise it plays the next slice.
+  An idle child still exits at once.
 
 The self-play loop reads :func:`stop_requested` between batches.
 """
@@ -27,13 +28,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-# A pool child that got SIGTERM during a slice exits this long after it at the latest:
-# the slice ends after its current batch, well within it, and its result goes back
-# first.
-CHILD_EXIT_S = 20
-
 _shared = mmap.mmap(-1, 1)  # anonymous MAP_SHARED: one byte shared with forked children
-_signalled = False  # this process got SIGTERM during a slice
+_signalled = False  # this process got SIGTERM during the running slice
 
 
 def request_stop(**_: Any) -> None:
@@ -48,8 +44,10 @@ def stop_requested() -> bool:
 
 @contextlib.contextmanager
 def slice_running() -> Iterator[None]:
-    """While a self-play slice runs in this process, SIGTERM ends it early instead of
-    ending the process (the pool's own handler is back afterwards)."""
+    """While a self-play slice runs in this process, SIGTERM ends the slice early instead
+    of ending the process (the pool's own handler is back afterwards)."""
+    global _signalled
+    _signalled = False
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers belong to the main thread
         return
@@ -63,4 +61,3 @@ def slice_running() -> Iterator[None]:
 def _on_sigterm(signum: int, frame: Any) -> None:
     global _signalled
     _signalled = True
-    signal.alarm(CHILD_EXIT_S)  # SIGALRM's default action ends the process
