@@ -1,11 +1,11 @@
 """Learning benchmark (issue 8): does the whole pipeline produce a stronger player?
 
 Runs the real pipeline on this machine for ``--minutes`` (a private redis-server, a
-self-play worker, a training worker and beat, as subprocesses, with the small
-configuration in CONFIG: `hexz run`'s quick-start settings), stops it, then plays
-``--games`` arena games of the newest checkpoint against checkpoint 0 and as many against
-pure MCTS (uniform priors, one random playout per leaf) at the same number of network
-evaluations / playouts per move. Prints both scores with paired 95 % intervals, the
+self-play worker, a training worker, the evaluation worker and beat, as subprocesses,
+with the small configuration in CONFIG: `hexz run`'s quick-start settings), stops it,
+then plays ``--games`` arena games of the newest checkpoint against checkpoint 0 and as
+many against pure MCTS (uniform priors, one random playout per leaf) at the same number
+of network evaluations / playouts per move. Prints both scores with paired 95 % intervals, the
 Bradley-Terry rating curve over every stored game (the automatic evaluation's matches
 during the run and the final ones), and, as the last line, one JSON object.
 
@@ -58,8 +58,7 @@ CONFIG: dict[str, Any] = {
     "TASK_TIME_LIMIT_S": 900,
     "VISIBILITY_TIMEOUT_S": 1000,
 }
-QUICK: dict[str, Any] = {"REPLAY_BUFFER_SIZE": 4096, "ARENA_INTERVAL_S": 20, "GAMES_PER_TASK": 8,
-                         "GAMES_IN_FLIGHT": 8}  # fmt: skip
+QUICK: dict[str, Any] = {"REPLAY_BUFFER_SIZE": 4096, "ARENA_INTERVAL_S": 20, "GAMES_IN_FLIGHT": 8}
 SELFPLAY_PROCESSES = 2
 
 
@@ -131,54 +130,38 @@ def progress(r: Any, keys: Keys, settings: Settings) -> dict[str, Any]:
     }
 
 
-def beat_has_evaluation(settings: Settings) -> bool:
-    from hexz_tasks.arena_tasks import EVALUATE_TASK
-    from hexz_tasks.celery import celery_config
-
-    schedule = celery_config(settings)["beat_schedule"]
-    return any(e["task"] == EVALUATE_TASK for e in schedule.values())
-
-
 def run_pipeline(env: dict[str, str], settings: Settings, seconds: float, data: Path) -> None:
-    """The pipeline for `seconds`: workers, beat, and evaluation ticks if beat lacks them."""
+    """The pipeline for `seconds`: the trainer, self-play, the evaluation worker, beat."""
     import redis
 
-    from hexz_tasks.arena_tasks import EVALUATE_TASK
-    from hexz_tasks.celery import SELFPLAY_QUEUE, make_app
+    from hexz_tasks.queues import EVAL_QUEUE, GPU_QUEUE, SELFPLAY_QUEUE
 
     keys = Keys(PREFIX)
     r = redis.Redis.from_url(settings.redis_url)
     procs = Procs(data)
     celery = [sys.executable, "-m", "celery", "-A", "hexz_tasks"]
-    worker = ["worker", "-P", "prefork", "-l", "INFO", "-I", "hexz_tasks.arena_tasks"]
-    app = make_app(settings)
-    drive_ticks = not beat_has_evaluation(settings)
+    worker = ["worker", "-P", "prefork", "-l", "INFO"]
     try:
-        procs.start("gpu", [*celery, *worker, "-Q", "gpu", "-n", "gpu@%h", "-c", "1"], env)
-        procs.start(
-            "selfplay",
-            [*celery, *worker, "-Q", SELFPLAY_QUEUE, "-n", "selfplay@%h",
-             "-c", str(SELFPLAY_PROCESSES)],
-            env,
-        )  # fmt: skip
+        for queue, processes in (
+            (GPU_QUEUE, 1),
+            (SELFPLAY_QUEUE, SELFPLAY_PROCESSES),
+            (EVAL_QUEUE, 1),
+        ):
+            procs.start(
+                queue,
+                [*celery, *worker, "-Q", queue, "-n", f"{queue}@%h", "-c", str(processes)],
+                env,
+            )
         procs.start("beat", [*celery, "beat", "-l", "INFO"], env)
         start = time.monotonic()
-        next_tick = start + settings.arena_interval_s
         next_report = start
         while (now := time.monotonic()) < start + seconds:
-            if drive_ticks and now >= next_tick:
-                # Stands in for the beat entry until hexz_tasks.celery schedules it.
-                app.send_task(
-                    EVALUATE_TASK, queue=SELFPLAY_QUEUE, expires=settings.arena_interval_s
-                )
-                next_tick += settings.arena_interval_s
             if now >= next_report:
                 print(f"[{now - start:6.0f}s] {progress(r, keys, settings)}", flush=True)
                 next_report += 60
             time.sleep(1.0)
     finally:
         procs.stop()
-        app.close()
 
 
 def main() -> int:
