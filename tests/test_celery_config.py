@@ -136,6 +136,24 @@ def test_quickstart_settings_fill_only_what_is_unset() -> None:
     Settings.from_env({k: v for k, v in env.items() if k.startswith("HEXZ_")})  # all valid
 
 
+def test_the_plain_modules_do_not_import_the_celery_app() -> None:
+    """Thin tasks: the self-play loop, the feeder, the training tick and what they use run
+    (and are tested) without the Celery app, and the app never imports them back."""
+    plain = [
+        "feeder", "training_tick", "selfplay_worker", "model_source", "worker_registry",
+        "rates", "status", "evaluation", "stop_flag", "queues",
+    ]  # fmt: skip
+    code = (
+        f"import sys, {', '.join('hexz_tasks.' + m for m in plain)}; "
+        "print(sorted(m for m in ('hexz_tasks.celery', 'hexz_tasks.tasks') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 # --------------------------------------------------------------------- processes
 
 

@@ -33,6 +33,7 @@ from hexz_tasks.model_source import (
 )
 from hexz_tasks.ratings import fit_bradley_terry, rating_curve, status_ratings
 from hexz_tasks.repository import ModelRepository
+from hexz_tasks.server.state import ServerState
 from hexz_tasks.settings import Settings
 
 KEYS = Keys(TEST_PREFIX)
@@ -241,6 +242,8 @@ def test_promotion_gating(tmp_path: Path, redis_client: redis.Redis) -> None:
     assert promoted_checkpoint(s, redis_client, KEYS) == 1
     assert chosen_checkpoint(s, redis_client, KEYS) == ("evalm", 1)
     assert cpu_player.refresh(redis_client, KEYS) and cpu_player.key == ("evalm", 1)
+    # The original workers (gRPC) are told the same.
+    assert ServerState(s, redis_client, KEYS).selfplay_model_key().checkpoint == 1
     assert not cpu_player.refresh(redis_client, KEYS)  # unchanged: nothing loaded again
     assert not promote(s, redis_client, KEYS, 0, expect=0)  # stale expectation: no change
     assert promoted_checkpoint(s, redis_client, KEYS) == 1

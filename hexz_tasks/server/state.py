@@ -21,7 +21,7 @@ import redis
 
 from hexz_tasks import hexz_pb2
 from hexz_tasks.keys import Keys
-from hexz_tasks.model_source import CurrentModel, NoModelError
+from hexz_tasks.model_source import CurrentModel, NoModelError, chosen_checkpoint
 from hexz_tasks.rates import prune, record_game
 from hexz_tasks.server.player import CpuPlayer, Unavailable
 from hexz_tasks.settings import Settings
@@ -114,14 +114,24 @@ class ServerState:
             raise Unavailable("no model checkpoint exists yet")
         return hexz_pb2.ModelKey(name=self.settings.model_name, checkpoint=cp)
 
+    def selfplay_model_key(self) -> hexz_pb2.ModelKey:
+        """The checkpoint self-play should play with (hexz_tasks.model_source): what the
+        original workers are told to use; the newest one unless promotion gating holds
+        it back."""
+        key = chosen_checkpoint(self.settings, self.redis, self.keys)
+        if key is None:
+            raise Unavailable("no model checkpoint exists yet")
+        return hexz_pb2.ModelKey(name=key[0], checkpoint=key[1])
+
     def model_bytes(self, name: str, checkpoint: int, jit: bool) -> tuple[int, bytes]:
         """(checkpoint, bytes) of a model: TorchScript if `jit`, else a torch.save'd state_dict.
 
-        checkpoint -1 means the newest one. Raises NotFound if it does not exist.
+        checkpoint -1 means the one self-play should play with. Raises NotFound if it does
+        not exist.
         """
         check_model_name(name)
         if checkpoint == -1:
-            latest = self.latest_model_key()
+            latest = self.selfplay_model_key()
             if name == latest.name:
                 checkpoint = latest.checkpoint
             else:
