@@ -4,8 +4,9 @@ What an unmodified original worker relies on: FetchModel without a model key ret
 the latest checkpoint as TorchScript; AddTrainingExamples gets one request per finished
 game (PYTORCH-encoded arrays) and every reply names `latest_model`; any status but
 ACCEPTED makes the worker stop sending. "Latest" is the checkpoint self-play plays with
-(hexz_tasks.model_source): the newest one, or under promotion gating the promoted one. Control events come from the Redis events
-channel, so a training on any machine reaches every subscribed worker.
+(hexz_tasks.model_source): the newest one, or under promotion gating the promoted one.
+Control events come from the Redis events channel, so a training on any machine reaches
+every subscribed worker.
 """
 
 from __future__ import annotations
