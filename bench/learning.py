@@ -29,6 +29,7 @@ every part runs: it does not train long enough to learn.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +177,21 @@ def main() -> int:
     games = 20 if args.quick else args.games
     config = {**CONFIG, **(QUICK if args.quick else {})}
 
-    data = args.data_dir or Path(tempfile.mkdtemp(prefix="hexz-learning-"))
+    learning = {**config, "MODEL_NAME": "learning"}
+    with private_pipeline(learning, PREFIX, args.data_dir) as (env, settings, data):
+        return evaluate(env, settings, minutes, games, data, config)
+
+
+@contextlib.contextmanager
+def private_pipeline(
+    config: dict[str, Any], prefix: str, data_dir: Path | None
+) -> Iterator[tuple[dict[str, str], Settings, Path]]:
+    """A private redis-server, and the environment for pipeline subprocesses: `config` as
+    HEXZ_* settings, keys under `prefix`, one torch thread per process. Yields (env,
+    settings, data dir); the data dir is removed afterwards unless `data_dir` was given."""
+    from hexz_tasks.redis_server import server_command
+
+    data = data_dir or Path(tempfile.mkdtemp(prefix="hexz-bench-"))
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEXZ_", "FLOWER_"))}
@@ -183,25 +199,22 @@ def main() -> int:
     env.update(
         HEXZ_REDIS_URL=f"redis://127.0.0.1:{port}/0",
         HEXZ_DATA_DIR=str(data),
-        HEXZ_KEY_PREFIX=PREFIX,
-        HEXZ_MODEL_NAME="learning",
+        HEXZ_KEY_PREFIX=prefix,
         PYTHONUNBUFFERED="1",
         OMP_NUM_THREADS="1",
     )
     settings = Settings.from_env(env)
-    from hexz_tasks.redis_server import server_command
-
     (data / "redis").mkdir(exist_ok=True)
     redis_proc = subprocess.Popen(
         server_command(port, data / "redis"), stdout=subprocess.DEVNULL, start_new_session=True
     )
     try:
         wait_for_redis(port)
-        return evaluate(env, settings, minutes, games, data, config)
+        yield env, settings, data
     finally:
         redis_proc.terminate()
         redis_proc.wait(20)
-        if args.data_dir is None:
+        if data_dir is None:
             shutil.rmtree(data, ignore_errors=True)
 
 

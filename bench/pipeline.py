@@ -38,17 +38,14 @@ import argparse
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.learning import Procs, free_port, wait_for_redis
+from bench.learning import Procs, private_pipeline
 from hexz_tasks.keys import Keys
 from hexz_tasks.settings import Settings
 
@@ -206,36 +203,11 @@ def main() -> int:
     if args.games_in_flight is not None:
         config["GAMES_IN_FLIGHT"] = args.games_in_flight
 
-    data = args.data_dir or Path(tempfile.mkdtemp(prefix="hexz-pipeline-"))
-    data.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEXZ_", "FLOWER_"))}
-    env.update({f"HEXZ_{k}": str(v) for k, v in config.items()})
-    env.update(
-        HEXZ_REDIS_URL=f"redis://127.0.0.1:{port}/0",
-        HEXZ_DATA_DIR=str(data),
-        HEXZ_KEY_PREFIX=PREFIX,
-        PYTHONUNBUFFERED="1",
-        OMP_NUM_THREADS="1",
-    )
-    settings = Settings.from_env(env)
     threads = os.cpu_count() or 1
     quick_ref_s = 2.0 if args.quick else 10.0
     reference = [reference_evals_per_s(threads, quick_ref_s)]
-    from hexz_tasks.redis_server import server_command
-
-    (data / "redis").mkdir(exist_ok=True)
-    redis_proc = subprocess.Popen(
-        server_command(port, data / "redis"), stdout=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        wait_for_redis(port)
+    with private_pipeline(config, PREFIX, args.data_dir) as (env, settings, data):
         result = run(settings, env, data, minutes * 60)
-    finally:
-        redis_proc.terminate()
-        redis_proc.wait(20)
-        if args.data_dir is None:
-            shutil.rmtree(data, ignore_errors=True)
     reference.append(reference_evals_per_s(threads, quick_ref_s))
     ref = max(reference)
     result.update(
