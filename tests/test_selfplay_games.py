@@ -15,7 +15,7 @@ from hexz_tasks._search import SelfPlay
 from hexz_tasks.cli import main
 from hexz_tasks.engine import Board
 from hexz_tasks.model import HexzNet, to_scriptmodule_bytes
-from hexz_tasks.selfplay import GameRecord, play_games, selfplay_to_archive
+from hexz_tasks.selfplay import GameRecord, finished_game, play_games, selfplay_to_archive
 from hexz_tasks.settings import Settings
 
 FIXTURE_MODEL = (
@@ -239,6 +239,33 @@ def test_driver_rejects_bad_feeds() -> None:
         d.feed(np.zeros((n + 1, 220), np.float32), np.zeros(n + 1, np.float32))
     with pytest.raises(ValueError, match="rows"):
         d.prepare(boards[:1], masks[:1])
+
+
+def test_an_open_ended_driver_keeps_every_slot_playing_and_records_checkpoints() -> None:
+    d = SelfPlay(None, 3, 5, runs_per_move=2, max_moves_per_game=12)
+    boards = np.zeros((3, 11, 11, 10), np.float32)
+    masks = np.zeros((3, 2, 11, 10), bool)
+    d.set_checkpoint(4)
+    games: list[dict] = []
+    while len(games) < 12:
+        n = d.prepare(boards, masks)
+        assert n == 3 and d.pending == 3  # a finished game's slot started the next one
+        with pytest.raises(ValueError, match="not fed yet"):
+            d.prepare(boards, masks)
+        games += d.take_finished()
+        if len(games) >= 4:
+            d.set_checkpoint(5)
+        d.feed(*uniform(boards[:n], masks[:n]))
+    assert d.pending == 0 and d.games_started == d.games_finished + 3 > 12
+    assert len({g["index"] for g in games}) == len(games)
+    assert d.moves_played >= sum(g["num_moves"] for g in games)
+    checkpoints = [set(g["checkpoints"].tolist()) for g in games]
+    assert checkpoints[0] == {4} and checkpoints[-1] == {5}
+    # The model key of each example is the checkpoint that searched its move.
+    record = finished_game(games[-1], "m")
+    assert [e.model_key.checkpoint for e in record.examples] == [5] * len(record.examples)
+    assert all(e.model_key.name == "m" for e in record.examples)
+    assert not finished_game(games[-1], None).examples[0].HasField("model_key")
 
 
 def test_the_original_fixture_model_plays_a_game() -> None:
