@@ -244,6 +244,49 @@ def test_hexz_redis_runs_the_embedded_server_with_aof_in_the_data_dir(tmp_path: 
         proc.wait(20)
 
 
+@pytest.mark.slow
+def test_ctrl_c_on_hexz_run_stops_everything_without_a_traceback_and_redis_last(
+    tmp_path: Path,
+) -> None:
+    ports = (EMBEDDED_PORT, 8080, 50051, 5555)  # hexz run's fixed ports
+    if not all(_port_free(p) for p in ports):
+        pytest.skip(f"one of the ports {ports} is in use (a `hexz run` on this machine?)")
+    env = {k: v for k, v in tiny_env("", tmp_path / "data").items() if k != "HEXZ_REDIS_URL"}
+    log = open(tmp_path / "run.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hexz_tasks.cli", "run"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a terminal's foreground group: Ctrl-C reaches only it
+    )
+    try:
+        settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("HEXZ_")})
+        r = redis.Redis(port=EMBEDDED_PORT, socket_connect_timeout=1)
+
+        def playing() -> bool:
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            try:
+                return ExampleStore(r, Keys(settings.key_prefix)).counters()["games"] > 0
+            except redis.ConnectionError:
+                return False
+
+        wait_for(playing, 180, "hexz run to store games")
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal does
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+    out = (tmp_path / "run.log").read_text()
+    assert "Traceback" not in out and "Error" not in out, out[-5000:]
+    stopped = [out.index(f"{name} stopped") for name in PROCESSES if name != "redis"]
+    assert max(stopped) < out.index("Redis is now ready to exit"), out[-3000:]
+    assert _port_free(EMBEDDED_PORT)
+
+
 # ------------------------------------------------------------------------- feeder
 
 
