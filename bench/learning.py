@@ -1,9 +1,13 @@
 """Learning benchmark (issues 8 and 14): does the whole pipeline produce a stronger player?
 
 Runs the real pipeline on this machine for ``--minutes`` (a private redis-server, a
-self-play worker, a training worker and beat, as subprocesses, with the small
-configuration in CONFIG: `hexz run`'s quick-start settings), stops it, then plays
-``--games`` arena games (paired seats) of the newest checkpoint against:
+self-play worker, a training worker, the evaluation worker and beat, as subprocesses,
+with the small configuration in CONFIG: `hexz run`'s quick-start settings), stops it,
+then plays ``--games`` arena games of the newest checkpoint against checkpoint 0 and as
+many against pure MCTS (uniform priors, one random playout per leaf) at the same number
+of network evaluations / playouts per move. Prints both scores with paired 95 % intervals, the
+Bradley-Terry rating curve over every stored game (the automatic evaluation's matches
+during the run and the final ones), and, as the last line, one JSON object.
 
 - checkpoint 0 and pure MCTS (uniform priors, one random playout per leaf) at the
   evaluation's runs per move (ARENA_RUNS_PER_MOVE, 64);
@@ -51,6 +55,7 @@ runs: it does not train long enough to learn.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -59,6 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +87,7 @@ CONFIG: dict[str, Any] = {
     "TASK_TIME_LIMIT_S": 900,
     "VISIBILITY_TIMEOUT_S": 1000,
 }
-QUICK: dict[str, Any] = {"REPLAY_BUFFER_SIZE": 4096, "ARENA_INTERVAL_S": 20, "GAMES_PER_TASK": 8,
-                         "GAMES_IN_FLIGHT": 8}  # fmt: skip
+QUICK: dict[str, Any] = {"REPLAY_BUFFER_SIZE": 4096, "ARENA_INTERVAL_S": 20, "GAMES_IN_FLIGHT": 8}
 QUICK_MINUTES = 0.4
 SELFPLAY_PROCESSES = 2
 # Playout cap randomisation (--fast-moves on): a quarter of the moves searched with 160
@@ -143,55 +148,39 @@ def pipeline_stats(r: Any, keys: Keys, settings: Settings) -> dict[str, Any]:
     }
 
 
-def beat_has_evaluation(settings: Settings) -> bool:
-    from hexz_tasks.arena_tasks import EVALUATE_TASK
-    from hexz_tasks.celery import celery_config
-
-    schedule = celery_config(settings)["beat_schedule"]
-    return any(e["task"] == EVALUATE_TASK for e in schedule.values())
-
-
 def run_pipeline(env: dict[str, str], settings: Settings, seconds: float, data: Path) -> None:
-    """The pipeline for `seconds`: workers, beat, and evaluation ticks if beat lacks them."""
+    """The pipeline for `seconds`: the trainer, self-play, the evaluation worker, beat."""
     import redis
 
-    from hexz_tasks.arena_tasks import EVALUATE_TASK
-    from hexz_tasks.celery import SELFPLAY_QUEUE, make_app
+    from hexz_tasks.queues import EVAL_QUEUE, GPU_QUEUE, SELFPLAY_QUEUE
 
     keys = Keys(PREFIX)
     r = redis.Redis.from_url(settings.redis_url)
     procs = Procs(data)
     celery = [sys.executable, "-m", "celery", "-A", "hexz_tasks"]
-    worker = ["worker", "-P", "prefork", "-l", "INFO", "-I", "hexz_tasks.arena_tasks"]
-    app = make_app(settings)
-    drive_ticks = not beat_has_evaluation(settings)
+    worker = ["worker", "-P", "prefork", "-l", "INFO"]
     try:
-        procs.start("gpu", [*celery, *worker, "-Q", "gpu", "-n", "gpu@%h", "-c", "1"], env)
-        procs.start(
-            "selfplay",
-            [*celery, *worker, "-Q", SELFPLAY_QUEUE, "-n", "selfplay@%h",
-             "-c", str(SELFPLAY_PROCESSES)],
-            env,
-        )  # fmt: skip
+        for queue, processes in (
+            (GPU_QUEUE, 1),
+            (SELFPLAY_QUEUE, SELFPLAY_PROCESSES),
+            (EVAL_QUEUE, 1),
+        ):
+            procs.start(
+                queue,
+                [*celery, *worker, "-Q", queue, "-n", f"{queue}@%h", "-c", str(processes)],
+                env,
+            )
         procs.start("beat", [*celery, "beat", "-l", "INFO"], env)
         start = time.monotonic()
-        next_tick = start + settings.arena_interval_s
         next_report = start
         with timed("pipeline", seconds) as shown:
             while (now := time.monotonic()) < start + seconds:
-                if drive_ticks and now >= next_tick:
-                    # Stands in for the beat entry until hexz_tasks.celery schedules it.
-                    app.send_task(
-                        EVALUATE_TASK, queue=SELFPLAY_QUEUE, expires=settings.arena_interval_s
-                    )
-                    next_tick += settings.arena_interval_s
                 if now >= next_report:
                     shown.write(f"[{now - start:6.0f}s] {pipeline_stats(r, keys, settings)}")
                     next_report += 60
                 time.sleep(1.0)
     finally:
         procs.stop()
-        app.close()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -249,7 +238,20 @@ def main(argv: list[str] | None = None) -> int:
     games = QUICK_MATCHES["games"] if args.quick else args.games
     config = configuration(args)
 
-    data = args.data_dir or Path(tempfile.mkdtemp(prefix="hexz-learning-"))
+    learning = {**config, "MODEL_NAME": "learning"}
+    matches = QUICK_MATCHES if args.quick else FINAL_MATCHES
+    with private_pipeline(learning, PREFIX, args.data_dir) as (env, settings, data):
+        return evaluate(env, settings, minutes, games, data, config, matches)
+
+
+@contextlib.contextmanager
+def private_pipeline(
+    config: dict[str, Any], prefix: str, data_dir: Path | None
+) -> Iterator[tuple[dict[str, str], Settings, Path]]:
+    """A private redis-server, and the environment for pipeline subprocesses: `config` as
+    HEXZ_* settings, keys under `prefix`, one torch thread per process. Yields (env,
+    settings, data dir); the data dir is removed afterwards unless `data_dir` was given."""
+    data = data_dir or Path(tempfile.mkdtemp(prefix="hexz-bench-"))
     data.mkdir(parents=True, exist_ok=True)
     try:
         with private_redis(data / "redis") as url:
@@ -258,16 +260,13 @@ def main(argv: list[str] | None = None) -> int:
             env.update(
                 HEXZ_REDIS_URL=url,
                 HEXZ_DATA_DIR=str(data),
-                HEXZ_KEY_PREFIX=PREFIX,
-                HEXZ_MODEL_NAME="learning",
+                HEXZ_KEY_PREFIX=prefix,
                 PYTHONUNBUFFERED="1",
                 OMP_NUM_THREADS="1",
             )
-            settings = Settings.from_env(env)  # a bad --set fails here, naming the variable
-            matches = QUICK_MATCHES if args.quick else FINAL_MATCHES
-            return evaluate(env, settings, minutes, games, data, config, matches)
+            yield env, Settings.from_env(env), data  # a bad --set fails here, naming it
     finally:
-        if args.data_dir is None:
+        if data_dir is None:
             shutil.rmtree(data, ignore_errors=True)
 
 

@@ -72,13 +72,13 @@ class Search:
     def tree_size(self) -> int: ...
 
 class SelfPlay:
-    n_games: int
+    n_games: int | None
     capacity: int
     model_name: str | None
     checkpoint: int
     def __init__(
         self,
-        n_games: int,
+        n_games: int | None,
         games_in_flight: int,
         seed: int | None = None,
         *,
@@ -112,3 +112,10 @@ class SelfPlay:
     def evaluations(self) -> int: ...
     @property
     def examples_recorded(self) -> int: ...
+    @property
+    def moves_played(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def checkpoint(self) -> int: ...
+    def set_checkpoint(self, checkpoint: int) -> None: ...

@@ -59,35 +59,6 @@ _SEARCH_SALT = 0x5EA2C4
 _RANDOM_SALT = 0xD1CE
 
 
-def load_checkpoint_bytes(
-    settings: Settings, checkpoint: int, r: redis.Redis | None = None, keys: Keys | None = None
-) -> bytes:
-    """A checkpoint's TorchScript bytes: from the repository on disk, else from Redis
-    (published bytes, or the promoted model's). ValueError if neither has it."""
-    from hexz_tasks.repository import ModelRepository
-
-    repo = ModelRepository(settings.repo_base_dir, settings.model_name)
-    path = repo.checkpoint_dir(checkpoint) / "scriptmodule.pt"
-    if path.is_file():
-        return path.read_bytes()
-    if r is not None and keys is not None:
-        data = r.get(keys.model_bytes(settings.model_name, checkpoint))
-        if data is not None:
-            return data
-        promoted = r.get(keys.promoted_model)
-        if promoted is not None and json.loads(promoted) == {
-            "name": settings.model_name,
-            "checkpoint": checkpoint,
-        }:
-            data = r.get(keys.promoted_model_bytes)
-            if data is not None:
-                return data
-    raise ValueError(
-        f"checkpoint {checkpoint} of model {settings.model_name!r} is neither in "
-        f"{repo.checkpoints_dir} nor published in Redis"
-    )
-
-
 @dataclass
 class Player:
     """A loaded player: `evaluator` for neural players, else None."""
@@ -113,8 +84,10 @@ def load_player(
     if spec.kind == "file":
         assert spec.path is not None
         return Player(spec, Evaluator(spec.path, settings.device))
+    from hexz_tasks.model_source import checkpoint_bytes
+
     assert spec.checkpoint is not None
-    data = load_checkpoint_bytes(settings, spec.checkpoint, r, keys)
+    data = checkpoint_bytes(settings, spec.checkpoint, r, keys)
     return Player(spec, Evaluator(data, settings.device))
 
 

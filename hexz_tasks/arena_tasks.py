@@ -1,4 +1,4 @@
-"""Celery tasks of the arena, on the CPU (``selfplay``) queue.
+"""Celery tasks of the arena, on the ``eval`` queue (a worker of their own).
 
 - ``match(a, b, games, runs, seed)``: one arena match (hexz_tasks.arena.run_match); its
   games are stored under the task id, so a redelivered task overwrites rather than
@@ -21,10 +21,8 @@ from hexz_tasks.celery import app, redis_client
 from hexz_tasks.celery import keys as app_keys
 from hexz_tasks.celery import settings as app_settings
 from hexz_tasks.errors import ModelError
+from hexz_tasks.queues import ARENA_TASK, EVALUATE_TASK
 from hexz_tasks.tasks import MAX_SEED, HexzTask, _reject
-
-ARENA_TASK = "hexz_tasks.arena_tasks.match"
-EVALUATE_TASK = "hexz_tasks.arena_tasks.evaluate"
 
 
 def _threads() -> None:

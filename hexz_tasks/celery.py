@@ -9,6 +9,12 @@ Reliability choices (see shared/reference/celery-redis-practices.md):
 - Prefetch 1, and hard time limit < visibility timeout, set in all three places, so a
   running task is never redelivered while it still runs.
 - Beat uses :class:`Scheduler`, which also runs the self-play feeder in the beat process.
+- Three queues: ``selfplay`` (slices of self-play), ``gpu`` (training ticks), ``eval``
+  (the automatic evaluation and arena matches, on a worker of their own so that their
+  ticks never wait behind self-play).
+- Stopping: a worker told to stop (SIGTERM) raises hexz_tasks.stop_flag, and a running
+  self-play slice returns after its current batch, so the warm shutdown acknowledges
+  it within seconds.
 - Nothing here touches torch or CUDA: the worker's parent process forks its pool.
 """
 
@@ -23,28 +29,27 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from celery.beat import PersistentScheduler
 
+from hexz_tasks import stop_flag
+from hexz_tasks.feeder import feed_selfplay_queue
 from hexz_tasks.keys import Keys
+from hexz_tasks.queues import (
+    ARENA_TASK,
+    EVAL_QUEUE,
+    EVALUATE_TASK,
+    FEED_ENTRY,
+    GPU_QUEUE,
+    SELFPLAY_QUEUE,
+    SELFPLAY_TASK,
+    TRAIN_TASK,
+)
 from hexz_tasks.redis_server import WORKER_TIMEOUT_S, connect, redis_url
 from hexz_tasks.settings import Settings
+from hexz_tasks.worker_registry import WORKER_REFRESH_S, forget_dead_local_tasks
 
 log = logging.getLogger(__name__)
-
-SELFPLAY_QUEUE = "selfplay"
-GPU_QUEUE = "gpu"
-SELFPLAY_TASK = "hexz_tasks.tasks.selfplay"
-TRAIN_TASK = "hexz_tasks.tasks.train"
-ARENA_TASK = "hexz_tasks.arena_tasks.match"
-EVALUATE_TASK = "hexz_tasks.arena_tasks.evaluate"
-# Beat entry run by Scheduler in the beat process itself, never sent to a queue: a
-# feeder queued behind minutes-long tasks would starve the workers it should feed.
-FEED_ENTRY = "hexz_tasks.feed_selfplay"
-
-# How often a worker refreshes its entry in Keys.workers, and when an entry counts as gone.
-WORKER_REFRESH_S = 10.0
-WORKER_STALE_S = 35.0
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -64,8 +69,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             SELFPLAY_TASK: {"queue": SELFPLAY_QUEUE},
             TRAIN_TASK: {"queue": GPU_QUEUE},
-            ARENA_TASK: {"queue": SELFPLAY_QUEUE},
-            EVALUATE_TASK: {"queue": SELFPLAY_QUEUE},
+            ARENA_TASK: {"queue": EVAL_QUEUE},
+            EVALUATE_TASK: {"queue": EVAL_QUEUE},
         },
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -108,11 +113,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "options": {"queue": GPU_QUEUE, "expires": tick},
             },
             "feed-selfplay": {"task": FEED_ENTRY, "schedule": tick},
-            # Rates new checkpoints against earlier ones and the pure-MCTS baseline.
+            # Rates new checkpoints against earlier ones and the pure-MCTS baseline. A tick
+            # waiting while the evaluation worker still plays the last one is dropped.
             "evaluate-checkpoints": {
                 "task": EVALUATE_TASK,
                 "schedule": settings.arena_interval_s,
-                "options": {"queue": SELFPLAY_QUEUE, "expires": settings.arena_interval_s},
+                "options": {"queue": EVAL_QUEUE, "expires": settings.arena_interval_s},
             },
         },
     }
@@ -129,6 +135,11 @@ def make_app(settings: Settings) -> Celery:
     app.conf.update(celery_config(settings))
     app.steps["worker"].add(WorkerRegistry)
     return app
+
+
+# The worker's main process raises the stop flag when its shutdown starts (pool children
+# that get SIGTERM during a slice raise their own, see hexz_tasks.stop_flag).
+signals.worker_shutting_down.connect(stop_flag.request_stop, weak=False)
 
 
 class WorkerRegistry(bootsteps.StartStopStep):
@@ -174,50 +185,6 @@ class WorkerRegistry(bootsteps.StartStopStep):
             log.warning("could not refresh the worker registry: %s", e)
 
 
-def live_workers(r: Any, keys: Keys, now: float | None = None) -> dict[str, dict]:
-    """Workers that refreshed their Keys.workers entry recently; prunes the stale ones."""
-    now = time.time() if now is None else now
-    live, stale = {}, []
-    for name, raw in r.hgetall(keys.workers).items():
-        entry = json.loads(raw)
-        if now - entry["seen"] > WORKER_STALE_S:
-            stale.append(name)
-        else:
-            live[name.decode() if isinstance(name, bytes) else name] = entry
-    if stale:
-        r.hdel(keys.workers, *stale)
-    return live
-
-
-def forget_dead_local_tasks(r: Any, keys: Keys) -> list[str]:
-    """Drops Keys.selfplay_running entries of processes on this host that no longer exist.
-
-    A worker killed with its tasks leaves them behind; the feeder would count them as
-    running until the hard time limit passed.
-    """
-    host = socket.gethostname()
-    dead = []
-    for task_id, raw in r.hgetall(keys.selfplay_running).items():
-        entry = json.loads(raw)
-        if entry.get("host") == host and not _pid_alive(entry.get("pid", 0)):
-            dead.append(task_id)
-    if dead:
-        r.hdel(keys.selfplay_running, *dead)
-    return [t.decode() for t in dead]
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
 class Scheduler(PersistentScheduler):
     """Beat's scheduler: the persistent default, plus the self-play feeder run in place."""
 
@@ -230,8 +197,6 @@ class Scheduler(PersistentScheduler):
             return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
         if advance:
             entry = self.reserve(entry)
-        from hexz_tasks.tasks import feed_selfplay_queue
-
         try:
             sent = feed_selfplay_queue(self.app, redis_client(), keys, settings)
         except Exception as e:  # e.g. Redis restarting: the next tick retries

@@ -20,8 +20,9 @@ result, and the share of decided positions where the value has the result's sign
 
 Promotion gating (``promotion_min_score``): self-play plays with
 ``Keys.promoted_model`` (bytes in ``Keys.promoted_model_bytes``), initially checkpoint 0;
-a checkpoint replaces it once it scores at least ``promotion_min_score`` against it.
-:func:`selfplay_model` is what self-play should load.
+a checkpoint replaces it once it scores at least ``promotion_min_score`` against it
+(:func:`should_promote`). hexz_tasks.model_source keeps the promoted pointer and decides
+what self-play and the CPU player load.
 """
 
 from __future__ import annotations
@@ -126,10 +127,10 @@ def offline_metrics(evaluator: Any, heldout: dict[str, np.ndarray]) -> dict[str,
 def record_metrics(
     settings: Settings, r: redis.Redis, keys: Keys, checkpoint: int, heldout: dict
 ) -> dict[str, Any]:
-    from hexz_tasks.arena import load_checkpoint_bytes
     from hexz_tasks.inference import Evaluator
+    from hexz_tasks.model_source import checkpoint_bytes
 
-    evaluator = Evaluator(load_checkpoint_bytes(settings, checkpoint, r, keys), settings.device)
+    evaluator = Evaluator(checkpoint_bytes(settings, checkpoint, r, keys), settings.device)
     metrics = {**offline_metrics(evaluator, heldout), "heldout": HELDOUT_NAME}
     r.hset(keys.checkpoint_metrics, str(checkpoint), json.dumps(metrics))
     return metrics
@@ -208,73 +209,10 @@ def played_checkpoints(settings: Settings, r: redis.Redis, keys: Keys) -> set[in
 # ------------------------------------------------------------------ promotion
 
 
-def promoted_checkpoint(settings: Settings, r: redis.Redis, keys: Keys) -> int | None:
-    raw = r.get(keys.promoted_model)
-    if raw is None:
-        return None
-    d = json.loads(raw)
-    return int(d["checkpoint"]) if d["name"] == settings.model_name else None
-
-
 def should_promote(score: float, settings: Settings) -> bool:
     """The gating decision: a challenger replaces self-play's model when its match score
     against it reaches promotion_min_score (gating off: always)."""
     return settings.promotion_min_score is None or score >= settings.promotion_min_score
-
-
-def promote(
-    settings: Settings, r: redis.Redis, keys: Keys, checkpoint: int, *, expect: int | None
-) -> bool:
-    """Makes `checkpoint` self-play's model if the promoted one is still `expect`
-    (None: nothing promoted yet). Writes the bytes first, then the JSON, atomically."""
-    from hexz_tasks.arena import load_checkpoint_bytes
-
-    data = load_checkpoint_bytes(settings, checkpoint, r, keys)
-    with r.pipeline() as p:
-        try:
-            p.watch(keys.promoted_model)
-            if promoted_checkpoint(settings, r, keys) != expect:
-                return False
-            p.multi()
-            p.set(keys.promoted_model_bytes, data)
-            p.set(
-                keys.promoted_model,
-                json.dumps({"name": settings.model_name, "checkpoint": checkpoint}),
-            )
-            p.publish(
-                keys.events_channel, json.dumps({"event": "promoted", "checkpoint": checkpoint})
-            )
-            p.execute()
-        except redis.WatchError:
-            return False
-    log.info("promoted checkpoint %d for self-play", checkpoint)
-    return True
-
-
-def selfplay_model(
-    settings: Settings, r: redis.Redis, keys: Keys
-) -> tuple[tuple[str, int], bytes] | None:
-    """((name, checkpoint), TorchScript bytes) self-play should play with: the newest
-    published model, or with promotion gating the promoted one (checkpoint 0 until a
-    challenger passes the gate). None while nothing is published."""
-    from hexz_tasks.repository import fetch_latest, fetch_model_bytes
-
-    latest = fetch_latest(r, keys)
-    if settings.promotion_min_score is not None:
-        if promoted_checkpoint(settings, r, keys) is None and latest is not None:
-            try:
-                promote(settings, r, keys, 0, expect=None)
-            except ValueError:
-                log.warning("checkpoint 0 is gone; self-play uses the newest model")
-        raw = r.get(keys.promoted_model)
-        data = r.get(keys.promoted_model_bytes)
-        if raw is not None and data is not None:
-            d = json.loads(raw)
-            return (d["name"], int(d["checkpoint"])), data
-    if latest is None:
-        return None
-    data = fetch_model_bytes(r, keys, *latest)
-    return (latest, data) if data is not None else None
 
 
 # ------------------------------------------------------------------ the tick
@@ -283,6 +221,7 @@ def selfplay_model(
 def run_evaluation_tick(settings: Settings, r: redis.Redis, keys: Keys) -> dict[str, Any]:
     """One bounded step of the automatic evaluation (see the module docstring)."""
     from hexz_tasks.arena import run_match
+    from hexz_tasks.model_source import promote, promoted_checkpoint
 
     checkpoints = available_checkpoints(settings, r, keys)
     out: dict[str, Any] = {"metrics": [], "match": None}

@@ -69,6 +69,12 @@ class Keys:
         return f"{self.prefix}:selfplay:running"
 
     @property
+    def selfplay_progress(self) -> str:
+        """Hash process id -> JSON progress of one self-play process (games in flight, moves,
+        occupancy, checkpoint, ...), refreshed every few seconds while it plays."""
+        return f"{self.prefix}:selfplay:progress"
+
+    @property
     def workers(self) -> str:
         """Hash worker name -> JSON {"queues", "concurrency", "seen"}, refreshed by live workers."""
         return f"{self.prefix}:workers"

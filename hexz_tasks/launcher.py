@@ -24,6 +24,8 @@ PROCESSES: dict[str, str] = {
     "redis": "hexz redis",
     "selfplay": "celery -A hexz_tasks worker -Q selfplay -n selfplay@%h -P prefork -l INFO",
     "gpu": "celery -A hexz_tasks worker -Q gpu -n gpu@%h -c 1 -P prefork -l INFO",
+    # The automatic evaluation: its own worker, so its ticks never wait behind self-play.
+    "eval": "celery -A hexz_tasks worker -Q eval -n eval@%h -c 1 -P prefork -l INFO",
     # Exactly one beat per pipeline; its schedule file lives in HEXZ_DATA_DIR.
     "beat": "celery -A hexz_tasks beat -l INFO",
     # Binds 127.0.0.1; login from HEXZ_FLOWER_BASIC_AUTH, else generated (run_flower).
@@ -39,7 +41,6 @@ QUICKSTART: dict[str, str] = {
     "HEXZ_MODEL_BLOCKS": "3",
     "HEXZ_MODEL_FILTERS": "32",
     "HEXZ_RUNS_PER_MOVE": "64",
-    "HEXZ_GAMES_PER_TASK": "32",
     "HEXZ_GAMES_IN_FLIGHT": "32",
     "HEXZ_DIRICHLET_CONCENTRATION": "0.35",
     "HEXZ_END_GAME_WHEN_STUCK": "true",

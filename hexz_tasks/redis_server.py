@@ -198,7 +198,9 @@ def ensure_running(settings: Settings, timeout_s: float = 30.0) -> subprocess.Po
     client = _embedded_client(settings)
     if _responds(client):
         return None
-    proc = subprocess.Popen(_embedded_command(settings))
+    # Its own session: Ctrl-C in a terminal reaches the pipeline's processes, not Redis,
+    # which the caller stops last, once they are gone.
+    proc = subprocess.Popen(_embedded_command(settings), start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while not _responds(client):
         if proc.poll() is not None:

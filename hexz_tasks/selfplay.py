@@ -30,8 +30,6 @@ from hexz_tasks.inference import Evaluate, Evaluator, as_evaluator
 from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE, WIRE_CELL_TYPE_FLAG, WIRE_CELL_TYPE_NORMAL
 from hexz_tasks.settings import Settings
 
-ModelKeyLike = hexz_pb2.ModelKey | tuple[str, int] | None
-
 
 @dataclass
 class GameRecord:
@@ -67,17 +65,35 @@ def search_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _model_key(model_key: ModelKeyLike) -> tuple[str | None, int]:
-    if model_key is None:
-        return None, 0
-    if isinstance(model_key, hexz_pb2.ModelKey):
-        return model_key.name, model_key.checkpoint
-    name, checkpoint = model_key
-    return name, int(checkpoint)
-
-
 def _seed(seed: int | None) -> int:
     return int.from_bytes(os.urandom(8), "little") if seed is None else seed
+
+
+def make_driver(
+    settings: Settings,
+    n_games: int | None,
+    seed: int | None,
+    model_key: tuple[str, int] | None = None,
+) -> SelfPlay:
+    """The C++ self-play driver with the settings' search parameters; `n_games` None:
+    open-ended (a self-play worker process keeps one for its whole life). Examples name
+    `model_key` (model name, checkpoint); set ``driver.checkpoint`` when the network
+    changes."""
+    name, checkpoint = model_key if model_key is not None else (None, 0)
+    return SelfPlay(
+        n_games,
+        settings.games_in_flight,
+        _seed(seed),
+        runs_per_move=settings.runs_per_move,
+        runs_per_fast_move=settings.runs_per_fast_move,
+        fast_move_prob=settings.fast_move_prob,
+        max_moves_per_game=settings.max_moves_per_game,
+        sampled_moves=settings.sampled_moves,
+        resign_threshold=settings.resign_threshold,
+        model_name=name,
+        checkpoint=checkpoint,
+        **search_kwargs(settings),
+    )
 
 
 def play_games(
@@ -85,7 +101,7 @@ def play_games(
     n_games: int,
     settings: Settings,
     seed: int | None = None,
-    model_key: ModelKeyLike = None,
+    model_key: tuple[str, int] | None = None,
     *,
     stats: dict[str, Any] | None = None,
     on_step: Callable[[dict[str, Any]], bool | None] | None = None,
@@ -106,21 +122,7 @@ def play_games(
     if settings.inference_threads > 0:
         torch.set_num_threads(settings.inference_threads)
     evaluator = as_evaluator(model, settings.device)
-    name, checkpoint = _model_key(model_key)
-    driver = SelfPlay(
-        n_games,
-        settings.games_in_flight,
-        _seed(seed),
-        runs_per_move=settings.runs_per_move,
-        runs_per_fast_move=settings.runs_per_fast_move,
-        fast_move_prob=settings.fast_move_prob,
-        max_moves_per_game=settings.max_moves_per_game,
-        sampled_moves=settings.sampled_moves,
-        resign_threshold=settings.resign_threshold,
-        model_name=name,
-        checkpoint=checkpoint,
-        **search_kwargs(settings),
-    )
+    driver = make_driver(settings, n_games, seed, model_key)
     boards = np.zeros((driver.capacity, *BOARD_SHAPE), dtype=np.float32)
     masks = np.zeros((driver.capacity, *MASK_SHAPE), dtype=bool)
     stats = stats if stats is not None else {}

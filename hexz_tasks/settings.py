@@ -34,6 +34,14 @@ _MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # they are not ours to validate.
 FOREIGN_VARIABLES = frozenset({"HEXZ_TRAINING_SERVER_ADDR"})
 
+# How long a self-play slice may run past its budget: its last batch, storing the games
+# that batch finished, a model swap (building an evaluator takes seconds).
+SLICE_OVERRUN_S = 30.0
+# A pessimistic CPU speed for one self-play process (one thread): a twentieth of what
+# ONNX Runtime reached on one core of the 2-core development machines (conv2d 5x128:
+# 66 M multiply-accumulates per evaluation at 500-1,400 evaluations/s).
+SLOW_CPU_MACS_PER_S = 2e9
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -74,10 +82,21 @@ class Settings:
     # mover differs from its player to move (the child's mover).
     fpu_reference: bool = False
     suspend_while_training: bool = False
-    # Games a self-play task advances together (one network batch per step).
-    games_in_flight: int = 128
-    # Games a self-play task finishes before it returns.
-    games_per_task: int = 128
+    # Games a self-play process keeps in flight, advanced together (one network batch per
+    # step); a finished game's slot starts a new game at once, and the games outlive the
+    # tasks (slices). Why 16: on one core ONNX Runtime runs conv2d 5x128 at the same
+    # speed from batches of about 16 up (1,400 evaluations/s here at batch 16, 64 and
+    # 128 alike; 1,100 at batch 1; bench/batch_sizes.py), while the first games finish
+    # only after about games_in_flight x 30,000 evaluations (800 runs per move): at
+    # 1,400/s 6 minutes with 16 slots, 46 with 128. Later games stream out at the
+    # same rate either way, and fewer slots keep each game's examples closer to the
+    # newest checkpoint. With many inference threads or a GPU, raise it.
+    games_in_flight: int = 16
+    # Wall-clock budget of one self-play task (a slice): it advances the process's games
+    # for this long, storing each game as it finishes, then returns. Short enough that a
+    # stopping worker or a redelivered task loses little, long enough that task overhead
+    # (a message, an acknowledgement) is negligible.
+    selfplay_slice_s: float = 60.0
     # Torch intra-op threads for inference in a self-play process (0 = torch default).
     inference_threads: int = 0
 
@@ -133,8 +152,13 @@ class Settings:
     # None: the project starts and manages its own redis-server in data_dir.
     redis_url: str | None = None
     key_prefix: str = "hexz"
-    # Hard time limit of one Celery task (a self-play batch, a training run); the soft
-    # limit is 90 % of it. Must stay below visibility_timeout_s.
+    # Bound on examples waiting in Redis for the trainer to drain them (about 150 bytes
+    # each): producers refuse to store beyond it, and the self-play feeder stops queueing
+    # slices once the store is near it.
+    max_pending_examples: int = 1_000_000
+    # Hard time limit of one Celery task (a training run, an evaluation tick, a self-play
+    # slice); the soft limit is 90 % of it. Must stay below visibility_timeout_s. Sized
+    # for training: a slice ends by its own budget long before it.
     task_time_limit_s: float = 3600.0
     # Seconds after which Redis redelivers a task whose worker vanished without an ack.
     visibility_timeout_s: float = 3900.0
@@ -208,7 +232,7 @@ class Settings:
     def validate(self) -> None:
         positive = [
             "runs_per_move", "runs_per_fast_move", "max_moves_per_game", "games_in_flight",
-            "games_per_task", "model_blocks", "model_filters", "batch_size",
+            "model_blocks", "model_filters", "batch_size", "max_pending_examples",
             "training_trigger_threshold", "training_examples_window_size", "num_epochs",
             "replay_buffer_size", "replay_buffer_reuse", "max_think_time_ms",
             "max_suggest_iterations", "max_concurrent_suggestions",
@@ -220,7 +244,12 @@ class Settings:
         for name in [*nonnegative, "arena_temperature"]:
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_var(name)} must be >= 0, got {getattr(self, name)}")
-        for name in ["learning_rate", "training_check_interval_s", "arena_interval_s"]:
+        for name in [
+            "learning_rate",
+            "training_check_interval_s",
+            "arena_interval_s",
+            "selfplay_slice_s",
+        ]:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_var(name)} must be positive, got {getattr(self, name)}")
         if self.arena_runs_per_move <= 0 or self.arena_games <= 0 or self.arena_games % 2:
@@ -263,6 +292,7 @@ class Settings:
                 "HEXZ_TASK_TIME_LIMIT_S must be positive and below HEXZ_VISIBILITY_TIMEOUT_S, "
                 f"got {self.task_time_limit_s} and {self.visibility_timeout_s}"
             )
+        self._validate_slices()
         if self.task_max_deliveries < 1:
             raise SettingsError(
                 f"HEXZ_TASK_MAX_DELIVERIES must be positive, got {self.task_max_deliveries}"
@@ -314,6 +344,33 @@ class Settings:
                 )
             labels.append(spec.label)
         return list(dict.fromkeys(labels))
+
+    def _validate_slices(self) -> None:
+        """Refuses self-play slices that cannot work: a budget the time limit would cut
+        off, or one shorter than a single batch of games_in_flight evaluations at a
+        pessimistic CPU speed (a slice always plays at least one batch)."""
+        if self.selfplay_slice_s + SLICE_OVERRUN_S > 0.9 * self.task_time_limit_s:
+            raise SettingsError(
+                f"HEXZ_SELFPLAY_SLICE_S ({self.selfplay_slice_s:g}) plus {SLICE_OVERRUN_S} s "
+                "for its last batch must stay below the soft time limit, 90 % of "
+                f"HEXZ_TASK_TIME_LIMIT_S ({self.task_time_limit_s:g})"
+            )
+        batch_s = self.games_in_flight * self.evaluation_macs() / SLOW_CPU_MACS_PER_S
+        if batch_s > self.selfplay_slice_s:
+            raise SettingsError(
+                f"HEXZ_SELFPLAY_SLICE_S ({self.selfplay_slice_s:g}) is shorter than one batch "
+                f"of HEXZ_GAMES_IN_FLIGHT ({self.games_in_flight}) evaluations of a "
+                f"{self.model_blocks}x{self.model_filters} network may take on a slow CPU "
+                f"(~{batch_s:.0f} s): raise the budget or lower the games in flight"
+            )
+
+    def evaluation_macs(self) -> int:
+        """Multiply-accumulates of one network evaluation: the 3x3 convolutions of the
+        torso over the 110 cells (the heads add under 1 %)."""
+        per_block = 1 if self.model_type == "conv2d" else 2  # a residual block has two
+        convs = per_block * (self.model_blocks - 1)
+        first = 9 * 11 * self.model_filters
+        return 110 * (first + convs * 9 * self.model_filters**2)
 
     def to_json(self) -> str:
         """The whole configuration, secrets masked, for writing next to a checkpoint."""

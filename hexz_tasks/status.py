@@ -10,8 +10,11 @@ from typing import Any
 import redis
 
 from hexz_tasks.keys import Keys
+from hexz_tasks.queues import EVAL_QUEUE, GPU_QUEUE, SELFPLAY_QUEUE
+from hexz_tasks.rates import recent_rates
 from hexz_tasks.redis_server import connect, masked_url, redis_url
 from hexz_tasks.settings import Settings
+from hexz_tasks.worker_registry import live_progress, live_workers
 
 RATE_MINUTES = 10
 
@@ -29,7 +32,6 @@ def gather_status(
     they are also pinged (a broadcast that waits that long). When Redis cannot be reached
     the dict has only "redis" and "error".
     """
-    from hexz_tasks.celery import GPU_QUEUE, SELFPLAY_QUEUE, live_workers
     from hexz_tasks.store import ExampleStore
 
     now = time.time() if now is None else now
@@ -43,7 +45,7 @@ def gather_status(
         return out
 
     counters = ExampleStore(r, keys).counters()
-    games_rate, examples_rate = _rates(r, keys, now)
+    games_rate, examples_rate = recent_rates(r, keys, now, RATE_MINUTES)
     out["examples"] = {
         "total": counters["examples"],
         "pending_in_redis": counters["pending"],
@@ -54,6 +56,8 @@ def gather_status(
     out["batches"] = counters["batches"]
 
     latest = r.get(keys.latest_model)
+    published = json.loads(latest)["checkpoint"] if latest else None
+    out["selfplay"] = selfplay_progress(live_progress(r, keys, now), published)
     out["model"] = {
         "name": settings.model_name,
         "published": json.loads(latest) if latest else None,
@@ -70,7 +74,7 @@ def gather_status(
     }
 
     running = {k.decode(): json.loads(v) for k, v in r.hgetall(keys.selfplay_running).items()}
-    out["queues"] = {SELFPLAY_QUEUE: r.llen(SELFPLAY_QUEUE), GPU_QUEUE: r.llen(GPU_QUEUE)}
+    out["queues"] = {q: r.llen(q) for q in (SELFPLAY_QUEUE, GPU_QUEUE, EVAL_QUEUE)}
     out["selfplay_running"] = len(running)
 
     workers = live_workers(r, keys, now)
@@ -84,16 +88,24 @@ def gather_status(
     return out
 
 
-def _rates(r: redis.Redis, keys: Keys, now: float) -> tuple[float, float]:
-    """Games and examples per minute over the last RATE_MINUTES complete minutes."""
-    minute = int(now // 60)
-    fields = [
-        f"{m}:{kind}"
-        for m in range(minute - RATE_MINUTES, minute)
-        for kind in ("games", "examples")
-    ]
-    values = [int(v or 0) for v in r.hmget(keys.rates, fields)]
-    return sum(values[0::2]) / RATE_MINUTES, sum(values[1::2]) / RATE_MINUTES
+def selfplay_progress(processes: dict[str, dict], published: int | None) -> dict[str, Any]:
+    """Totals over the live self-play processes' progress entries, and the entries
+    themselves with how many checkpoints each plays behind the newest published one."""
+    for p in processes.values():
+        behind = None
+        if published is not None and p.get("checkpoint") is not None:
+            behind = published - p["checkpoint"]
+        p["checkpoints_behind"] = behind
+    occupancies = [p["occupancy"] for p in processes.values() if p.get("occupancy") is not None]
+    behind = [p["checkpoints_behind"] for p in processes.values()]
+    return {
+        "processes": processes,
+        "games_in_flight": sum(p["games_in_flight"] for p in processes.values()),
+        "moves_per_s": round(sum(p["moves_per_s"] for p in processes.values()), 2),
+        "occupancy": round(sum(occupancies) / len(occupancies), 4) if occupancies else None,
+        "checkpoints_behind": max((b for b in behind if b is not None), default=None),
+        "unstored": sum(p["unstored"] for p in processes.values()),
+    }
 
 
 def _local_checkpoints(settings: Settings) -> list[int] | None:
@@ -157,6 +169,24 @@ def print_status(settings: Settings) -> int:
         + ", ".join(f"{q} {n} waiting" for q, n in s["queues"].items())
         + f"; {s['selfplay_running']} self-play task(s) running"
     )
+    sp = s["selfplay"]
+    if not sp["processes"]:
+        print("self-play:   no process has reported progress in the last 30 s")
+    else:
+        occupancy = "?" if sp["occupancy"] is None else f"{sp['occupancy']:.2f}"
+        behind = "?" if sp["checkpoints_behind"] is None else sp["checkpoints_behind"]
+        print(
+            f"self-play:   {len(sp['processes'])} process(es), {sp['games_in_flight']} games in "
+            f"flight, {sp['moves_per_s']:.1f} moves/s, batch occupancy {occupancy}, "
+            f"up to {behind} checkpoint(s) behind the newest"
+            + (f", {sp['unstored']} finished game(s) waiting for room" if sp["unstored"] else "")
+        )
+    for pid, p in sorted(sp["processes"].items()):
+        print(
+            f"  process:   {p['host']}:{p['pid']} ({pid}): {p['state']}, checkpoint "
+            f"{p['checkpoint']}, {p['moves']} moves, {p['games_finished']} games finished, "
+            f"{p['games_stored']} stored"
+        )
     if not s["workers"]:
         print("workers:     none (start them with `hexz run` or `honcho start`)")
     for name, w in sorted(s["workers"].items()):

@@ -145,8 +145,9 @@ def train_once(
 ) -> dict[str, Any] | None:
     """Trains checkpoint latest+1 if enough new examples arrived; returns its stats or None.
 
-    Publishing the checkpoint, recording the run and the training events are the Celery
-    task's part (tasks.run_training_tick): this stays a plain function of store and disk.
+    Publishing the checkpoint, recording the run and the training events are the training
+    tick's part (training_tick.run_training_tick): this stays a plain function of store and
+    disk.
     `still_owner` (e.g. "this process still holds the training lock") is checked right
     before the new checkpoint appears (ModelRepository.save). Afterwards the disk
     retention policy runs (hexz_tasks.retention).

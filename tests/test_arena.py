@@ -309,25 +309,24 @@ def test_hexz_arena_cli_plays_prints_and_stores(tmp_path: Path, redis_server: Re
     assert odd.returncode == 1 and "even" in odd.stderr
 
 
-def test_the_match_task_runs_on_a_selfplay_worker(
+def test_the_match_task_runs_on_an_eval_worker(
     tmp_path: Path, redis_server: RedisServer, procs: Procs
 ) -> None:
-    from hexz_tasks.arena_tasks import ARENA_TASK
-    from hexz_tasks.celery import SELFPLAY_QUEUE, make_app
+    from hexz_tasks.celery import make_app
+    from hexz_tasks.queues import ARENA_TASK
 
     env = tiny_env(redis_server.url, tmp_path / "data")
     # -I: the worker loads the arena tasks even before hexz_tasks.celery includes them.
     worker = procs.celery(
         "arena",
-        ["worker", "-Q", SELFPLAY_QUEUE, "-n", "arena@%h", "-c", "1", "-l", "INFO",
+        ["worker", "-Q", "eval", "-n", "arena@%h", "-c", "1", "-l", "INFO",
          "-I", "hexz_tasks.arena_tasks"],
         env,
     )  # fmt: skip
     app = make_app(Settings.from_env(env))
-    bad = app.send_task(
-        ARENA_TASK, args=["mcts", "random", 3, 6, 5], queue=SELFPLAY_QUEUE, task_id="bad-games"
-    )
-    res = app.send_task(ARENA_TASK, args=["mcts:6", "random", 4, 6, 5], queue=SELFPLAY_QUEUE)
+    # Routed to the eval queue by the app's configuration.
+    bad = app.send_task(ARENA_TASK, args=["mcts", "random", 3, 6, 5], task_id="bad-games")
+    res = app.send_task(ARENA_TASK, args=["mcts:6", "random", 4, 6, 5])
     summary = res.get(timeout=180)
     assert summary["games"] == 4 and summary["match"] == res.id
     r = redis_server.client()

@@ -3,6 +3,7 @@ report, each against real parts (a private redis-server, real subprocesses)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -10,7 +11,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,26 +21,27 @@ from conftest import REPO_ROOT, TEST_PREFIX, RedisServer, free_port, tiny_env, w
 from honcho.environ import parse_procfile
 from synthetic import game_columns
 
-from hexz_tasks.celery import (
+from hexz_tasks.celery import celery_config, make_app
+from hexz_tasks.credentials import embedded_redis_password
+from hexz_tasks.feeder import feed_selfplay_queue
+from hexz_tasks.keys import Keys
+from hexz_tasks.launcher import PROCESSES, QUICKSTART, pipeline_env
+from hexz_tasks.queues import (
     ARENA_TASK,
+    EVAL_QUEUE,
     EVALUATE_TASK,
     FEED_ENTRY,
     GPU_QUEUE,
     SELFPLAY_QUEUE,
     SELFPLAY_TASK,
     TRAIN_TASK,
-    celery_config,
-    forget_dead_local_tasks,
-    make_app,
 )
-from hexz_tasks.credentials import embedded_redis_password
-from hexz_tasks.keys import Keys
-from hexz_tasks.launcher import PROCESSES, QUICKSTART, pipeline_env
+from hexz_tasks.rates import record_game
 from hexz_tasks.redis_server import EMBEDDED_PORT, masked_url, redis_url
-from hexz_tasks.settings import Settings, SettingsError
+from hexz_tasks.settings import SLICE_OVERRUN_S, Settings, SettingsError
 from hexz_tasks.status import gather_status, print_status
 from hexz_tasks.store import ExampleStore
-from hexz_tasks.tasks import feed_selfplay_queue, record_rate, wait_while_training
+from hexz_tasks.worker_registry import forget_dead_local_tasks
 
 
 def settings_for(url: str | None = None, **overrides: object) -> Settings:
@@ -97,15 +98,16 @@ def test_routes_and_beat_schedule() -> None:
     assert conf["task_routes"] == {
         SELFPLAY_TASK: {"queue": SELFPLAY_QUEUE},
         TRAIN_TASK: {"queue": GPU_QUEUE},
-        ARENA_TASK: {"queue": SELFPLAY_QUEUE},
-        EVALUATE_TASK: {"queue": SELFPLAY_QUEUE},
+        ARENA_TASK: {"queue": EVAL_QUEUE},
+        EVALUATE_TASK: {"queue": EVAL_QUEUE},
     }
     train = conf["beat_schedule"]["train"]
     assert train["task"] == TRAIN_TASK and train["schedule"] == 7
     assert train["options"] == {"queue": GPU_QUEUE, "expires": 7}
     assert conf["beat_schedule"]["feed-selfplay"]["task"] == FEED_ENTRY
     evaluate = conf["beat_schedule"]["evaluate-checkpoints"]
-    assert evaluate["task"] == EVALUATE_TASK and evaluate["options"]["queue"] == SELFPLAY_QUEUE
+    # Evaluation ticks have a queue (and a worker) of their own: never behind self-play.
+    assert evaluate["task"] == EVALUATE_TASK and evaluate["options"]["queue"] == EVAL_QUEUE
     assert conf["beat_scheduler"] == "hexz_tasks.celery:Scheduler"
 
 
@@ -133,6 +135,7 @@ def test_procfile_lists_exactly_the_launcher_processes() -> None:
     assert sum("beat" in cmd for cmd in procfile.values()) == 1
     assert "-c 1" in procfile["gpu"] and "-Q gpu" in procfile["gpu"]
     assert "-Q selfplay" in procfile["selfplay"] and "-P prefork" in procfile["selfplay"]
+    assert "-Q eval" in procfile["eval"] and "-c 1" in procfile["eval"]
 
 
 def test_quickstart_settings_fill_only_what_is_unset() -> None:
@@ -140,6 +143,24 @@ def test_quickstart_settings_fill_only_what_is_unset() -> None:
     assert env["HEXZ_RUNS_PER_MOVE"] == "5"
     assert env["HEXZ_MODEL_FILTERS"] == QUICKSTART["HEXZ_MODEL_FILTERS"]
     Settings.from_env({k: v for k, v in env.items() if k.startswith("HEXZ_")})  # all valid
+
+
+def test_the_plain_modules_do_not_import_the_celery_app() -> None:
+    """Thin tasks: the self-play loop, the feeder, the training tick and what they use run
+    (and are tested) without the Celery app, and the app never imports them back."""
+    plain = [
+        "feeder", "training_tick", "selfplay_worker", "model_source", "worker_registry",
+        "rates", "status", "evaluation", "stop_flag", "queues",
+    ]  # fmt: skip
+    code = (
+        f"import sys, {', '.join('hexz_tasks.' + m for m in plain)}; "
+        "print(sorted(m for m in ('hexz_tasks.celery', 'hexz_tasks.tasks') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------- processes
@@ -237,6 +258,49 @@ def test_hexz_redis_runs_the_embedded_server_with_aof_in_the_data_dir(tmp_path: 
         proc.wait(20)
 
 
+@pytest.mark.slow
+def test_ctrl_c_on_hexz_run_stops_everything_without_a_traceback_and_redis_last(
+    tmp_path: Path,
+) -> None:
+    ports = (EMBEDDED_PORT, 8080, 50051, 5555)  # hexz run's fixed ports
+    if not all(_port_free(p) for p in ports):
+        pytest.skip(f"one of the ports {ports} is in use (a `hexz run` on this machine?)")
+    env = {k: v for k, v in tiny_env("", tmp_path / "data").items() if k != "HEXZ_REDIS_URL"}
+    log = open(tmp_path / "run.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hexz_tasks.cli", "run"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a terminal's foreground group: Ctrl-C reaches only it
+    )
+    try:
+        settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("HEXZ_")})
+        r = redis.Redis(port=EMBEDDED_PORT, socket_connect_timeout=1)
+
+        def playing() -> bool:
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            try:
+                return ExampleStore(r, Keys(settings.key_prefix)).counters()["games"] > 0
+            except redis.ConnectionError:
+                return False
+
+        wait_for(playing, 180, "hexz run to store games")
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal does
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+    out = (tmp_path / "run.log").read_text()
+    assert "Traceback" not in out and "Error" not in out, out[-5000:]
+    stopped = [out.index(f"{name} stopped") for name in PROCESSES if name != "redis"]
+    assert max(stopped) < out.index("Redis is now ready to exit"), out[-3000:]
+    assert _port_free(EMBEDDED_PORT)
+
+
 # ------------------------------------------------------------------------- feeder
 
 
@@ -245,10 +309,10 @@ def _register(r: redis.Redis, keys: Keys, name: str, queues: list[str], n: int, 
     r.hset(keys.workers, name, json.dumps(entry))
 
 
-def test_feeder_keeps_one_task_waiting_per_selfplay_process(
+def test_feeder_keeps_one_slice_waiting_per_selfplay_process(
     redis_server: RedisServer, redis_client: redis.Redis, test_keys: Keys
 ) -> None:
-    settings = settings_for(redis_server.url)
+    settings = settings_for(redis_server.url, selfplay_slice_s=30)
     app = make_app(settings)
     r, keys = redis_client, test_keys
     assert feed_selfplay_queue(app, r, keys, settings) == 0  # no worker, nothing queued
@@ -266,20 +330,40 @@ def test_feeder_keeps_one_task_waiting_per_selfplay_process(
         assert feed_selfplay_queue(app, r, keys, settings) == 0
     assert r.llen(SELFPLAY_QUEUE) == 6
 
-    # Workers took 3 tasks and run them; one more finished: room for one.
+    # Workers took 3 slices and run them; one more finished: room for one.
     for _ in range(4):
         r.rpop(SELFPLAY_QUEUE)
     for i in range(3):
         r.hset(keys.selfplay_running, f"t{i}", json.dumps({"started": now}))
     assert feed_selfplay_queue(app, r, keys, settings) == 1
-    # A running entry older than the hard time limit is stale (its process died).
-    r.hset(keys.selfplay_running, "t0", json.dumps({"started": now - 2 * 3600}))
+    # A slice running far past its budget is stale (its process died).
+    r.hset(keys.selfplay_running, "t0", json.dumps({"started": now - 31 - SLICE_OVERRUN_S}))
     assert feed_selfplay_queue(app, r, keys, settings) == 1
     assert r.hlen(keys.selfplay_running) == 2
 
     message = json.loads(r.lindex(SELFPLAY_QUEUE, 0))
     assert message["headers"]["task"] == SELFPLAY_TASK
     assert message["content-type"] == "application/json"
+    assert json.loads(base64.b64decode(message["body"]))[0] == [30, 0]  # budget, no game cap
+    app.close()
+
+
+def test_feeder_queues_nothing_while_the_store_is_nearly_full(
+    redis_server: RedisServer, redis_client: redis.Redis, test_keys: Keys
+) -> None:
+    settings = settings_for(redis_server.url, max_pending_examples=100)
+    app = make_app(settings)
+    r, keys = redis_client, test_keys
+    _register(r, keys, "a@h", [SELFPLAY_QUEUE], 2, time.time())
+    r.hset(keys.counters, "pending", 90)  # 90 % of the bound wait for the trainer
+    assert feed_selfplay_queue(app, r, keys, settings) == 0
+    assert r.llen(SELFPLAY_QUEUE) == 0
+    r.hset(keys.counters, "pending", 50)  # the trainer drained some ...
+    kept = {"unstored_examples": 60, "updated": time.time()}
+    r.hset(keys.selfplay_progress, "p", json.dumps(kept))  # ... but a kept game needs 60
+    assert feed_selfplay_queue(app, r, keys, settings) == 0
+    r.hset(keys.counters, "pending", 40)  # room for it: slices run and store it first
+    assert feed_selfplay_queue(app, r, keys, settings) == 4
     app.close()
 
 
@@ -296,12 +380,22 @@ def test_gather_status_reports_counts_rates_models_and_training(
     added = [store.add_game(f"g:{i}", g) for i, g in enumerate(games)]
     now = time.time()
     for n in added:
-        record_rate(r, keys, n, now=now - 60)  # last complete minute
+        record_game(r, keys, n, now=now - 60)  # last complete minute
     r.set(keys.latest_model, json.dumps({"name": "flagz", "checkpoint": 4}))
     r.rpush(keys.training_runs, json.dumps({"checkpoint": 4, "seconds": 1.5}))
     r.set(keys.training_active, json.dumps({"since": now, "checkpoint": 4}))
     r.rpush(SELFPLAY_QUEUE, "x", "y")
     _register(r, keys, "sp@h", [SELFPLAY_QUEUE], 2, now)
+    progress = {
+        "host": "h", "pid": 7, "state": "playing", "games_in_flight": 16, "games_started": 16,
+        "games_finished": 0, "games_stored": 0, "examples_stored": 0, "unstored": 0,
+        "unstored_examples": 0, "moves": 120, "moves_per_s": 1.5, "evaluations": 9000,
+        "batches": 560, "batch_rows": 8960, "occupancy": 1.0, "checkpoint": 2, "started": now - 60,
+        "updated": now - 2,
+    }  # fmt: skip
+    r.hset(keys.selfplay_progress, "p1", json.dumps(progress))
+    r.hset(keys.selfplay_progress, "p2", json.dumps({**progress, "checkpoint": 4}))
+    r.hset(keys.selfplay_progress, "gone", json.dumps({**progress, "updated": now - 600}))
 
     s = gather_status(settings, r, inspect_timeout=0, now=now)
     json.dumps(s)  # serialisable for the web status page
@@ -311,8 +405,16 @@ def test_gather_status_reports_counts_rates_models_and_training(
     assert s["model"]["published"] == {"name": "flagz", "checkpoint": 4}
     assert s["model"]["checkpoints_on_disk"] is None
     assert s["training"]["runs"] == 1 and s["training"]["active"]["checkpoint"] == 4
-    assert s["queues"] == {SELFPLAY_QUEUE: 2, GPU_QUEUE: 0}
+    assert s["queues"] == {SELFPLAY_QUEUE: 2, GPU_QUEUE: 0, EVAL_QUEUE: 0}
     assert s["workers"]["sp@h"]["concurrency"] == 2
+    # Self-play progress before any game finished: games in flight, moves, occupancy, and
+    # how far behind the newest checkpoint (4) each process plays.
+    sp = s["selfplay"]
+    assert set(sp["processes"]) == {"p1", "p2"} and not r.hexists(keys.selfplay_progress, "gone")
+    assert sp["games_in_flight"] == 32 and sp["moves_per_s"] == 3.0 and sp["occupancy"] == 1.0
+    assert sp["checkpoints_behind"] == 2
+    assert sp["processes"]["p1"]["checkpoints_behind"] == 2
+    assert sp["processes"]["p2"]["checkpoints_behind"] == 0
 
 
 def test_status_says_clearly_when_redis_is_unreachable(
@@ -324,22 +426,6 @@ def test_status_says_clearly_when_redis_is_unreachable(
     assert print_status(settings) == 1
     out = capsys.readouterr().out
     assert "cannot reach Redis" in out and "hexz run" in out and ":pw@" not in out
-
-
-def test_suspend_while_training_waits_until_the_training_flag_is_cleared(
-    redis_server: RedisServer, redis_client: redis.Redis, test_keys: Keys
-) -> None:
-    r, keys = redis_client, test_keys
-    r.set(keys.training_active, "{}")
-    assert wait_while_training(r, keys, settings_for(redis_server.url)) == 0.0  # setting off
-
-    clear = threading.Timer(1.0, r.delete, (keys.training_active,))
-    clear.start()
-    paused = wait_while_training(
-        r, keys, settings_for(redis_server.url, suspend_while_training=True)
-    )
-    clear.join()
-    assert paused >= 0.9
 
 
 def test_a_restarted_worker_forgets_running_tasks_of_dead_local_processes(

@@ -5,6 +5,7 @@ asserting exact counts."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,12 +18,13 @@ import redis
 from conftest import REPO_ROOT, TEST_PREFIX, Procs, RedisServer, tiny_env, wait_for
 from synthetic import game_columns
 
-from hexz_tasks.celery import SELFPLAY_QUEUE, SELFPLAY_TASK, TRAIN_TASK, make_app
+from hexz_tasks.celery import make_app
 from hexz_tasks.keys import Keys
+from hexz_tasks.queues import SELFPLAY_QUEUE, SELFPLAY_TASK, TRAIN_TASK
 from hexz_tasks.repository import ModelRepository, fetch_latest
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
-from hexz_tasks.tasks import LOCK_TTL_S, ensure_model_published
+from hexz_tasks.training_tick import LOCK_TTL_S, ensure_model_published
 
 pytestmark = pytest.mark.slow
 
@@ -72,8 +74,13 @@ def assert_each_game_once(r: redis.Redis, keys: Keys) -> list[str]:
     return ids
 
 
-def game_done(r: redis.Redis, keys: Keys, game_id: str) -> bool:
-    return bool(r.exists(keys.game_done(f"game:{game_id}")))
+def games_by_process(r: redis.Redis, keys: Keys) -> dict[str, list[int]]:
+    """Stored self-play game indices per process id (game ids are "<process>:<index>")."""
+    out: dict[str, list[int]] = {}
+    for game_id, _ in stream_entries(r, keys):
+        process, _, index = game_id.removeprefix("game:").rpartition(":")
+        out.setdefault(process, []).append(int(index))
+    return {p: sorted(ix) for p, ix in out.items()}
 
 
 def received_events(pubsub: redis.client.PubSub, quiet_s: float = 1.0) -> list[dict]:
@@ -218,6 +225,7 @@ def test_end_to_end_selfplay_fills_the_store_training_makes_checkpoint_1_selfpla
     assert out.returncode == 0, out.stderr
     assert "examples:" in out.stdout and "training:" in out.stdout
     assert "worker:      selfplay@" in out.stdout and "worker:      gpu@" in out.stdout
+    assert "self-play:   1 process(es), 2 games in flight" in out.stdout
     from hexz_tasks.status import gather_status
 
     status = gather_status(settings, r, inspect_timeout=0)
@@ -227,44 +235,37 @@ def test_end_to_end_selfplay_fills_the_store_training_makes_checkpoint_1_selfpla
     assert {w["queues"][0] for w in status["workers"].values()} == {"gpu", "selfplay"}
 
 
-def test_selfplay_pool_process_killed_mid_task_every_game_stored_once_and_task_redone(
+def test_selfplay_pool_process_killed_mid_slice_stores_no_game_twice_and_loses_only_unfinished(
     redis_server: RedisServer, tmp_path: Path, procs: Procs
 ) -> None:
-    n_games = 8
+    # One game in flight: games finish in index order, so the finished games of a
+    # process are exactly <process>:0 .. <process>:n-1.
     env, settings, r, keys = setup(
-        redis_server,
-        tmp_path,
-        games_per_task=n_games,
-        games_in_flight=1,
-        runs_per_move=16,
-        max_moves_per_game=100,
-    )
+        redis_server, tmp_path, games_in_flight=1, runs_per_move=16, max_moves_per_game=100,
+        selfplay_slice_s=8,
+    )  # fmt: skip
     publish_checkpoint_0(settings, r, keys)
     procs.worker("selfplay", "selfplay", env)
     wait_for(lambda: selfplay_worker_ready(r, keys), 60, "the selfplay worker")
     app = make_app(settings)
-    app.send_task(SELFPLAY_TASK, args=[7], task_id="kill-me")
+    app.send_task(SELFPLAY_TASK, args=[8, 0], task_id="kill-me")
 
-    wait_for(lambda: game_done(r, keys, "kill-me:0"), 90, "the first game of the task")
+    wait_for(lambda: len(stream_entries(r, keys)) >= 2, 90, "two games of the slice")
     pid = json.loads(r.hget(keys.selfplay_running, "kill-me"))["pid"]
-    signal_sent_after = sum(game_done(r, keys, f"kill-me:{i}") for i in range(n_games))
-    assert signal_sent_after < n_games, "the task finished before it could be killed"
-    import os
-
     os.kill(pid, signal.SIGKILL)
-
-    # The task is redelivered at once (reject on worker loss) and plays its games again;
-    # the games stored before the kill are not stored a second time.
-    wait_for(
-        lambda: all(game_done(r, keys, f"kill-me:{i}") for i in range(n_games)),
-        120,
-        "every game of the redone task",
-    )
-    wait_for(lambda: not r.hexists(keys.selfplay_running, "kill-me"), 60, "the task to end")
+    (killed,) = games_by_process(r, keys)
+    # The slice is redelivered at once (reject on worker loss) to a new pool process,
+    # whose games are new games under its own id.
+    wait_for(lambda: len(games_by_process(r, keys)) == 2, 90, "a game of the new process")
+    wait_for(lambda: not r.hexists(keys.selfplay_running, "kill-me"), 60, "the slice to end")
     assert int(r.get(keys.task_attempts("kill-me"))) == 2
-    ids = assert_each_game_once(r, keys)
-    assert sorted(ids) == sorted(f"game:kill-me:{i}" for i in range(n_games))
-    assert counters(r, keys)["games"] == n_games
+    assert_each_game_once(r, keys)
+    games = games_by_process(r, keys)
+    n = len(games[killed])
+    assert n >= 2 and games[killed] == list(range(n)), games  # its game n was in flight: lost
+    (survivor,) = set(games) - {killed}
+    assert games[survivor] == list(range(len(games[survivor])))
+    assert counters(r, keys)["games"] == sum(len(ix) for ix in games.values())
     assert r.llen(SELFPLAY_QUEUE) == 0 and r.hlen("unacked") == 0
     app.close()
 
@@ -272,41 +273,38 @@ def test_selfplay_pool_process_killed_mid_task_every_game_stored_once_and_task_r
 def test_redis_restart_during_a_run_loses_no_acknowledged_example_and_workers_reconnect(
     redis_server: RedisServer, tmp_path: Path, procs: Procs
 ) -> None:
-    # Short limits: the task cut off by the connection loss is redelivered after the
-    # visibility timeout.
     env, settings, r, keys = setup(
-        redis_server, tmp_path, task_time_limit_s=20, visibility_timeout_s=25
+        redis_server, tmp_path, selfplay_slice_s=3, task_time_limit_s=40, visibility_timeout_s=45
     )
     publish_checkpoint_0(settings, r, keys)
     procs.worker("selfplay", "selfplay", env)
     wait_for(lambda: selfplay_worker_ready(r, keys), 60, "the selfplay worker")
     app = make_app(settings)
-    task_ids = [f"task-{i}" for i in range(3)]
-    for i, tid in enumerate(task_ids):
-        app.send_task(SELFPLAY_TASK, args=[i], task_id=tid)
-    all_games = [f"{tid}:{g}" for tid in task_ids for g in range(settings.games_per_task)]
+    for i in range(3):
+        app.send_task(SELFPLAY_TASK, args=[3, 0], task_id=f"task-{i}")
 
     wait_for(lambda: counters(r, keys)["games"] >= 2, 90, "some stored games")
     # An acknowledged write made right before the crash.
     acked = add_synthetic_games(r, keys, 1, seed=99)
     before = counters(r, keys)
-    stored_before = [g for g in all_games if game_done(r, keys, g)]
+    stored_before = {gid for gid, _ in stream_entries(r, keys)}
     redis_server.kill()
     time.sleep(2)
     redis_server.start()  # same port, same AOF directory
 
     after = counters(r, keys)
-    assert game_done(r, keys, "synthetic-99:0")
     assert after["examples"] >= before["examples"] and after["games"] >= before["games"]
-    assert all(game_done(r, keys, g) for g in stored_before)
+    assert stored_before <= {gid for gid, _ in stream_entries(r, keys)}
+    assert acked > 0 and "game:synthetic-99:0" in stored_before
 
-    # The worker reconnects and every task completes (the one cut off is redelivered).
-    wait_for(lambda: all(game_done(r, keys, g) for g in all_games), 150, "every game")
-    wait_for(lambda: r.hlen(keys.selfplay_running) == 0, 60, "the tasks to end")
-    ids = assert_each_game_once(r, keys)
-    assert sorted(ids) == sorted([f"game:{g}" for g in all_games] + ["game:synthetic-99:0"])
+    # The worker reconnects and stores more games; slices sent after the restart run too.
+    for i in range(3, 5):
+        app.send_task(SELFPLAY_TASK, args=[3, 0], task_id=f"task-{i}")
+    wait_for(lambda: counters(r, keys)["games"] >= after["games"] + 3, 150, "games after it")
+    wait_for(lambda: r.hlen(keys.selfplay_running) == 0 and r.llen(SELFPLAY_QUEUE) == 0, 120,
+             "the slices to end")  # fmt: skip
+    assert_each_game_once(r, keys)
     assert counters(r, keys)["examples"] == sum(n for _, n in stream_entries(r, keys))
-    assert acked > 0
     app.close()
 
 
@@ -327,10 +325,11 @@ def test_malformed_messages_are_rejected_logged_and_store_nothing(
     worker = procs.worker("selfplay", "selfplay", env)
     wait_for(lambda: selfplay_worker_ready(r, keys), 60, "the selfplay worker")
     app = make_app(settings)
-    app.send_task(SELFPLAY_TASK, args=["not a seed"], task_id="bad-type")
-    app.send_task(SELFPLAY_TASK, args=[1, 2], task_id="bad-arity")
-    app.send_task(SELFPLAY_TASK, args=[-5], task_id="bad-range")
-    app.send_task(SELFPLAY_TASK, kwargs={"seed": 1, "evil": True}, task_id="bad-kwarg")
+    app.send_task(SELFPLAY_TASK, args=["not a budget", 0], task_id="bad-type")
+    app.send_task(SELFPLAY_TASK, args=[1, 2, 3], task_id="bad-arity")
+    app.send_task(SELFPLAY_TASK, args=[3600, 0], task_id="bad-range")  # above the slice budget
+    app.send_task(SELFPLAY_TASK, kwargs={"budget_s": 1, "max_games": 0, "evil": True},
+                  task_id="bad-kwarg")  # fmt: skip
     app.send_task("hexz_tasks.tasks.no_such_task", args=[1], queue=SELFPLAY_QUEUE)
     with app.connection_for_write() as conn:
         producer = conn.Producer()
@@ -358,8 +357,8 @@ def test_malformed_messages_are_rejected_logged_and_store_nothing(
 
     wait_for(all_handled, 60, "the worker to reject every malformed message")
     log = worker.log()
-    assert "rejecting task hexz_tasks.tasks.selfplay[bad-type]: argument seed must be int" in log
-    assert "rejecting task hexz_tasks.tasks.selfplay[bad-range]: seed must be in" in log
+    assert "selfplay[bad-type]: argument budget_s must be float" in log
+    assert "selfplay[bad-range]: budget_s must be in (0, 5] and max_games >= 0" in log
     assert worker.alive()
     assert r.llen(SELFPLAY_QUEUE) == 0 and r.hlen("unacked") == 0
     assert counters(r, keys) == {
@@ -367,8 +366,8 @@ def test_malformed_messages_are_rejected_logged_and_store_nothing(
     }  # fmt: skip
     assert r.xlen(keys.examples_stream) == 0
     # ... and the worker still serves well-formed tasks.
-    app.send_task(SELFPLAY_TASK, args=[1], task_id="good")
-    wait_for(lambda: counters(r, keys)["games"] == settings.games_per_task, 90, "a valid task")
+    app.send_task(SELFPLAY_TASK, args=[5, 2], task_id="good")
+    wait_for(lambda: counters(r, keys)["games"] >= 2, 90, "games of a valid slice")
     # The worker's parent process never loaded torch (CUDA must not be set up before a fork).
     assert "libtorch" not in Path(f"/proc/{worker.pid}/maps").read_text()
     app.close()

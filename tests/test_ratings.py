@@ -19,16 +19,21 @@ from hexz_tasks.evaluation import (
     match_id,
     offline_metrics,
     planned_matches,
-    promote,
-    promoted_checkpoint,
     run_evaluation_tick,
-    selfplay_model,
     should_promote,
 )
 from hexz_tasks.keys import Keys
 from hexz_tasks.model import ModelParams, make_model
+from hexz_tasks.model_source import (
+    CurrentModel,
+    checkpoint_bytes,
+    chosen_checkpoint,
+    promote,
+    promoted_checkpoint,
+)
 from hexz_tasks.ratings import fit_bradley_terry, fit_stored, rating_curve, status_ratings
 from hexz_tasks.repository import ModelRepository
+from hexz_tasks.server.state import ServerState
 from hexz_tasks.settings import Settings
 
 KEYS = Keys(TEST_PREFIX)
@@ -263,19 +268,29 @@ def test_promotion_gating(tmp_path: Path, redis_client: redis.Redis) -> None:
     assert should_promote(0.6, s.replace(promotion_min_score=0.55))
     assert not should_promote(0.5, s.replace(promotion_min_score=0.55))
 
-    (name, cp), data = selfplay_model(s, redis_client, KEYS)  # gating starts at checkpoint 0
-    assert (name, cp) == ("evalm", 0) and data == repo.scriptmodule_bytes(0)
+    # Self-play and the CPU player ask the same place; gating starts at checkpoint 0.
+    assert chosen_checkpoint(s, redis_client, KEYS) == ("evalm", 0)
+    cpu_player = CurrentModel(s)
+    assert cpu_player.refresh(redis_client, KEYS) and cpu_player.key == ("evalm", 0)
     out = run_evaluation_tick(s, redis_client, KEYS)
     assert out["match"]["match"] == match_id(s, 1, "0") and out["promoted"] is True
     assert promoted_checkpoint(s, redis_client, KEYS) == 1
-    (name, cp), data = selfplay_model(s, redis_client, KEYS)
-    assert cp == 1 and data == repo.scriptmodule_bytes(1)
+    assert chosen_checkpoint(s, redis_client, KEYS) == ("evalm", 1)
+    assert cpu_player.refresh(redis_client, KEYS) and cpu_player.key == ("evalm", 1)
+    # The original workers (gRPC) are told the same.
+    assert ServerState(s, redis_client, KEYS).selfplay_model_key().checkpoint == 1
+    assert not cpu_player.refresh(redis_client, KEYS)  # unchanged: nothing loaded again
     assert not promote(s, redis_client, KEYS, 0, expect=0)  # stale expectation: no change
     assert promoted_checkpoint(s, redis_client, KEYS) == 1
+    # The promoted bytes outlive the retirement of the published ones and the disk.
+    redis_client.delete(KEYS.model_bytes("evalm", 1))
+    elsewhere = s.replace(data_dir=tmp_path / "another-machine")
+    assert checkpoint_bytes(elsewhere, 1, redis_client, KEYS) == repo.scriptmodule_bytes(1)
+    with pytest.raises(ValueError, match="checkpoint 0 of model 'evalm' is neither"):
+        checkpoint_bytes(elsewhere, 0, redis_client, KEYS)
 
     ungated = s.replace(promotion_min_score=None)
-    (name, cp), _ = selfplay_model(ungated, redis_client, KEYS)
-    assert cp == 1  # the newest published
+    assert chosen_checkpoint(ungated, redis_client, KEYS) == ("evalm", 1)  # the newest published
 
 
 def test_gate_keeps_the_current_model_when_the_challenger_scores_too_little(

@@ -15,9 +15,7 @@ from hexz_tasks.model import HexzNet
 from hexz_tasks.selfplay import suggest_move
 from hexz_tasks.settings import Settings
 
-FIXTURE_MODEL = (
-    Path(__file__).resolve().parent / "data" / "original-conv2d5-scriptmodule.pt"
-)
+FIXTURE_MODEL = Path(__file__).resolve().parent / "data" / "original-conv2d5-scriptmodule.pt"
 FIELD = hexz_pb2.Field
 FINAL = hexz_pb2.SuggestMoveStats.ScoreKind.Value("FINAL")
 MCTS_PRIOR = hexz_pb2.SuggestMoveStats.ScoreKind.Value("MCTS_PRIOR")

@@ -265,6 +265,39 @@ def test_driver_rejects_bad_feeds() -> None:
         d.prepare(boards[:1], masks[:1])
 
 
+def test_an_open_ended_driver_keeps_every_slot_playing_and_records_checkpoints() -> None:
+    d = SelfPlay(None, 3, 5, runs_per_move=2, max_moves_per_game=12, model_name="m")
+    boards = np.zeros((3, 11, 11, 10), np.float32)
+    masks = np.zeros((3, 2, 11, 10), bool)
+    d.checkpoint = 4
+    games: list[dict] = []
+    while len(games) < 12:
+        n = d.prepare(boards, masks)
+        assert n == 3 and d.pending == 3  # a finished game's slot started the next one
+        with pytest.raises(ValueError, match="not fed yet"):
+            d.prepare(boards, masks)
+        games += d.take_finished()
+        if len(games) >= 4:
+            d.checkpoint = 5
+        d.feed(*uniform(boards[:n], masks[:n]))
+    assert d.pending == 0 and d.games_started == d.games_finished + 3 > 12
+    assert len({g["index"] for g in games}) == len(games)
+    assert d.moves_played >= sum(g["num_moves"] for g in games)
+    checkpoints = [set(g["columns"]["model_ckpt"].tolist()) for g in games]
+    assert checkpoints[0] == {4} and checkpoints[-1] == {5}
+    # The model key of each example is the checkpoint that searched its move.
+    examples = from_columns(games[-1]["columns"])
+    assert [e.model_key.checkpoint for e in examples] == [5] * len(examples)
+    assert all(e.model_key.name == "m" for e in examples)
+    d.model_name = None
+    unnamed: list[dict] = []
+    while not unnamed:
+        n = d.prepare(boards, masks)
+        unnamed = d.take_finished()
+        d.feed(*uniform(boards[:n], masks[:n]))
+    assert not from_columns(unnamed[0]["columns"])[0].HasField("model_key")
+
+
 def test_the_original_fixture_model_plays_a_game() -> None:
     settings = Settings(runs_per_move=6, runs_per_fast_move=2, fast_move_prob=0.5)
     (game,) = play_games(FIXTURE_MODEL, 1, settings, seed=1)

@@ -227,7 +227,7 @@ def test_control_events_see_a_real_training(running: Running) -> None:
     """A worker's ControlEvents stream sees TrainingStarted, then TrainingDone, when the
     Celery training task's body runs (as a gpu worker on any machine would run it);
     afterwards every reply names the new checkpoint and FetchModel returns it."""
-    from hexz_tasks.tasks import run_training_tick
+    from hexz_tasks.training_tick import run_training_tick
 
     state = running.servers.state
     # Enough examples for a training, sent the way a worker sends them.

@@ -35,7 +35,7 @@ if CHROMIUM is None:  # one skip line for the whole module, not one per test
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """Servers with examples and one real training run, so every plot and board has data."""
-    from hexz_tasks.tasks import run_training_tick
+    from hexz_tasks.training_tick import run_training_tick
 
     for r in run_servers(tmp_path_factory):
         for seed in range(200, 204):
@@ -394,3 +394,24 @@ def test_the_problem_check_sees_errors(running: Running, browser: Browser) -> No
     problems = browser.problems()
     assert any(p.startswith("HTTP 404") for p in problems), problems
     assert any("deliberate" in p for p in problems), problems
+
+
+def test_status_page_shows_selfplay_progress_before_any_game_finished(running: Running) -> None:
+    entry = {
+        "host": "sp-host", "pid": 4242, "state": "playing", "games_in_flight": 16,
+        "games_started": 16, "games_finished": 0, "games_stored": 0, "examples_stored": 0,
+        "unstored": 0, "unstored_examples": 0, "moves": 321, "moves_per_s": 2.5,
+        "evaluations": 30000, "batches": 1875, "batch_rows": 30000, "occupancy": 1.0,
+        "checkpoint": 0, "started": time.time() - 120, "updated": time.time(),
+    }  # fmt: skip
+    running.redis.hset(running.keys.selfplay_progress, "p-1", json.dumps(entry))
+    try:
+        data = requests.get(f"{running.http}/status.json", timeout=30).json()
+        selfplay = data["pipeline"]["selfplay"]
+        assert selfplay["games_in_flight"] == 16 and selfplay["moves_per_s"] == 2.5
+        assert selfplay["checkpoints_behind"] == data["latest_model"]["checkpoint"] >= 1
+        page = requests.get(f"{running.http}/", timeout=30).text
+        assert "16 games in flight, 2.5 moves/s" in page
+        assert "<td>sp-host:4242</td><td>playing</td><td>16</td><td>321</td>" in page
+    finally:
+        running.redis.hdel(running.keys.selfplay_progress, "p-1")

@@ -96,3 +96,48 @@ def test_lr_schedule_is_sorted_and_starts_at_zero():
 
 def test_settings_serialise_to_json():
     assert '"runs_per_move": 800' in Settings.from_env({}).to_json()
+
+
+def test_the_defaults_pass_the_start_up_check_and_make_a_celery_config():
+    from hexz_tasks.celery import celery_config
+
+    s = Settings.from_env({})
+    s.validate()
+    conf = celery_config(s)
+    # A slice plus its overrun ends well inside the soft time limit.
+    assert s.selfplay_slice_s < conf["task_soft_time_limit"] < conf["task_time_limit"]
+    assert conf["task_time_limit"] < conf["visibility_timeout"]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        # The time limit would cut the slice off.
+        (
+            {"HEXZ_SELFPLAY_SLICE_S": "600", "HEXZ_TASK_TIME_LIMIT_S": "600"},
+            "HEXZ_TASK_TIME_LIMIT_S",
+        ),
+        # One batch of 4096 games of a 20x256 network takes minutes on a slow CPU.
+        (
+            {"HEXZ_SELFPLAY_SLICE_S": "5", "HEXZ_GAMES_IN_FLIGHT": "4096",
+             "HEXZ_MODEL_BLOCKS": "20", "HEXZ_MODEL_FILTERS": "256"},
+            "HEXZ_GAMES_IN_FLIGHT",
+        ),
+        ({"HEXZ_SELFPLAY_SLICE_S": "0"}, "HEXZ_SELFPLAY_SLICE_S"),
+        ({"HEXZ_MAX_PENDING_EXAMPLES": "0"}, "HEXZ_MAX_PENDING_EXAMPLES"),
+    ],
+)  # fmt: skip
+def test_slices_that_cannot_work_are_refused_naming_the_settings(env, named):
+    with pytest.raises(SettingsError, match=named) as e:
+        Settings.from_env(env)
+    if "HEXZ_SELFPLAY_SLICE_S" in env and env["HEXZ_SELFPLAY_SLICE_S"] != "0":
+        assert "HEXZ_SELFPLAY_SLICE_S" in str(e.value)
+
+
+def test_a_batch_estimate_scales_with_the_network():
+    small, large = Settings(model_blocks=1, model_filters=8), Settings()
+    assert 0 < small.evaluation_macs() < large.evaluation_macs()
+    # conv2d 5x128: 66 M multiply-accumulates per evaluation; a residual block has two convs.
+    assert large.evaluation_macs() == pytest.approx(66.3e6, rel=0.01)
+    resnet = Settings(model_type="resnet", model_blocks=5, model_filters=128)
+    assert resnet.evaluation_macs() > 1.9 * large.evaluation_macs()

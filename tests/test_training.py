@@ -167,7 +167,7 @@ def test_sgd_with_step_down_schedule(tmp_path: Path, store: ExampleStore) -> Non
 def test_the_training_tick_publishes_records_and_announces(
     tmp_path: Path, store: ExampleStore
 ) -> None:
-    from hexz_tasks.tasks import run_training_tick
+    from hexz_tasks.training_tick import run_training_tick
 
     s = _settings(tmp_path, num_epochs=1, key_prefix=store.keys.prefix)
     repo = ModelRepository(s.repo_base_dir, s.model_name)

@@ -322,20 +322,23 @@ cdef object _engine_columns(ExampleColumns& e):
 
 
 cdef class SelfPlay:
-    """Plays `n_games` self-play games, `games_in_flight` at a time, one batch per step.
+    """Plays `n_games` self-play games (None: open-ended, a finished game's slot starts the
+    next at once, for ever), `games_in_flight` at a time, one batch per step.
 
     Loop: n = prepare(boards, masks); collect take_finished(); stop at n == 0; run the
     network on boards[:n], masks[:n]; feed(priors, values). Set `checkpoint` (and
     `model_name`) when the network changes: examples record them.
+    `pending` is the size of a prepared batch not fed yet: feed it before the next
+    prepare.
     """
 
     cdef SelfPlayDriver* c
-    cdef readonly int n_games
+    cdef readonly object n_games
     cdef readonly int capacity
     cdef public object model_name
 
     def __cinit__(
-        self, int n_games, int games_in_flight, seed=None, *, int runs_per_move=800,
+        self, n_games, int games_in_flight, seed=None, *, int runs_per_move=800,
         int runs_per_fast_move=100, float fast_move_prob=0.0, int max_moves_per_game=200,
         sampled_moves=None, resign_threshold=None, float uct_c=1.5,
         float initial_root_q_value=-0.2, float initial_q_penalty=0.3,
@@ -343,8 +346,8 @@ cdef class SelfPlay:
         bint end_game_when_stuck=False, bint eval_cache=True, bint fpu_reference=False,
         model_name=None, int checkpoint=0,
     ):
-        if n_games < 0:
-            raise ValueError(f"n_games must be >= 0, got {n_games}")
+        if n_games is not None and not 0 <= n_games < 2**31:
+            raise ValueError(f"n_games must be in [0, 2**31) or None, got {n_games}")
         if games_in_flight < 1:
             raise ValueError(f"games_in_flight must be positive, got {games_in_flight}")
         if runs_per_move < 1 or runs_per_fast_move < 1:
@@ -367,7 +370,9 @@ cdef class SelfPlay:
         p.sampled_moves = -1 if sampled_moves is None else sampled_moves
         p.resign = resign_threshold is not None
         p.resign_threshold = resign_threshold if resign_threshold is not None else -1.0
-        self.c = new SelfPlayDriver(p, n_games, games_in_flight, _seed(seed))
+        self.c = new SelfPlayDriver(
+            p, -1 if n_games is None else n_games, games_in_flight, _seed(seed)
+        )
         self.c.set_checkpoint(checkpoint)
         self.n_games = n_games
         self.capacity = self.c.games_in_flight()
@@ -380,6 +385,8 @@ cdef class SelfPlay:
         """Advances all games; writes the batch to boards/masks (capacity rows each)."""
         cdef float[:, :, :, ::1] bv = boards
         cdef uint8_t[:, :, :, ::1] mv = np.asarray(masks).view(np.uint8)
+        if self.c.batch_size() > 0:
+            raise ValueError(f"the last batch ({self.c.batch_size()} rows) was not fed yet")
         if bv.shape[0] < self.capacity or mv.shape[0] < self.capacity:
             raise ValueError(f"boards and masks need {self.capacity} rows")
         if tuple(boards.shape[1:]) != BOARD_SHAPE or tuple(masks.shape[1:]) != MASK_SHAPE:
@@ -409,8 +416,8 @@ cdef class SelfPlay:
     def take_finished(self) -> list:
         """Games finished since the last call, in the order they finished: dicts of
         index, result (player 0's view), score, num_moves, evaluations, cache_hits,
-        fast_moves, forced_moves, resigned and `columns`, the game's examples as the example store
-        keeps them (hexz_tasks.codec; what ExampleStore.add_game takes), with
+        fast_moves, forced_moves, resigned and `columns`, the game's examples as the
+        example store keeps them (hexz_tasks.codec; what ExampleStore.add_game takes), with
         `model_name` as their model's name."""
         cdef vector[GameRecord] games
         cdef GameRecord* g
@@ -440,6 +447,8 @@ cdef class SelfPlay:
 
     @checkpoint.setter
     def checkpoint(self, int value) -> None:
+        """Examples of moves decided from now on record `value` (the model that searched
+        them); games in flight continue."""
         self.c.set_checkpoint(value)
 
     @property
@@ -458,3 +467,13 @@ cdef class SelfPlay:
     def examples_recorded(self) -> int:
         """Examples recorded so far, in finished games and games in progress."""
         return self.c.examples_recorded()
+
+    @property
+    def moves_played(self) -> int:
+        """Moves played so far (fast moves included), in finished games and games in progress."""
+        return self.c.moves_played()
+
+    @property
+    def pending(self) -> int:
+        """Rows of the last prepared batch not fed yet (0: prepare may run)."""
+        return self.c.batch_size()

@@ -135,6 +135,7 @@ cdef extern from "selfplay.h" namespace "hexz" nogil:
         int games_finished()
         int64_t evaluations()
         int64_t examples_recorded()
+        int64_t moves_played()
         int games_in_flight()
         void set_checkpoint(int32_t checkpoint)
         int32_t checkpoint()

@@ -3,8 +3,10 @@
 What an unmodified original worker relies on: FetchModel without a model key returns
 the latest checkpoint as TorchScript; AddTrainingExamples gets one request per finished
 game (PYTORCH-encoded arrays) and every reply names `latest_model`; any status but
-ACCEPTED makes the worker stop sending. Control events come from the Redis events
-channel, so a training on any machine reaches every subscribed worker.
+ACCEPTED makes the worker stop sending. "Latest" is the checkpoint self-play plays with
+(hexz_tasks.model_source): the newest one, or under promotion gating the promoted one.
+Control events come from the Redis events channel, so a training on any machine reaches
+every subscribed worker.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class TrainingService(hexz_pb2_grpc.TrainingServiceServicer):
         st = self.state
         resp = hexz_pb2.AddTrainingExamplesResponse()
         try:
-            latest = st.latest_model_key()
+            latest = st.selfplay_model_key()
         except (Unavailable, redis.RedisError) as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         resp.latest_model.CopyFrom(latest)

@@ -1,8 +1,11 @@
 """What the HTTP and gRPC servers share: Redis, the example store, models, the CPU player.
 
-Models come from Redis first (Keys.latest_model and the published TorchScript bytes),
-so a server on another machine than the trainer works without a shared disk; the model
-repository on disk is the fallback (and the only source of older state_dicts).
+The CPU player plays with what hexz_tasks.model_source chooses (the newest published
+checkpoint, the promoted one under promotion gating, or HEXZ_LOCAL_MODEL_PATH). Models
+served by FetchModel come from Redis first (Keys.latest_model and the published
+TorchScript bytes), so a server on another machine than the trainer works without a
+shared disk; the model repository on disk is the fallback (and the only source of
+older state_dicts).
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,14 +20,15 @@ from typing import Any
 import redis
 
 from hexz_tasks import hexz_pb2
+from hexz_tasks.errors import ModelError
 from hexz_tasks.keys import Keys
+from hexz_tasks.model_source import CurrentModel, NoModelError, chosen_checkpoint
+from hexz_tasks.rates import prune, record_game
 from hexz_tasks.server.player import CpuPlayer, Unavailable
 from hexz_tasks.settings import MODEL_NAME_MAX_LEN, Settings, valid_model_name
 
 log = logging.getLogger(__name__)
 
-# Minutes of per-minute rate counters kept (as the self-play feeder keeps them).
-RATE_WINDOW_MIN = 60
 # Redis calls on request paths fail after this, so a hung Redis frees the server's threads.
 REQUEST_REDIS_TIMEOUT_S = 1.0
 # /healthz must answer within a second whatever Redis does.
@@ -52,67 +55,41 @@ def check_model_name(name: str) -> str:
     return name
 
 
-class ModelSource:
-    """The model the CPU player searches with, loaded once and swapped when a newer
-    checkpoint is published (or the fixed HEXZ_LOCAL_MODEL_PATH file)."""
+class CpuPlayerModel:
+    """The CPU player's model (hexz_tasks.model_source.CurrentModel), as the server needs it."""
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self._lock = threading.Lock()
-        self._key: tuple[str, int] | None = None
-        self._model: Any = None
+        self.current = CurrentModel(state.settings, state.settings.local_model_path)
         self._redis_retry_at = float("-inf")
 
     def get(self) -> Any:
         """The current model (an inference.Evaluator); raises Unavailable if there is none.
 
-        Asks Redis for a newer checkpoint on each call; while Redis cannot answer, a
+        Asks Redis which checkpoint to play on each call; while Redis cannot answer, a
         model already loaded keeps playing (asking again MODEL_RECHECK_AFTER_FAILURE_S
         after a failure).
         """
-        settings = self.state.settings
-        if settings.local_model_path is not None:
-            with self._lock:
-                if self._model is None:
-                    self._model = self._load(settings.local_model_path.read_bytes())
-                    log.info("CPU player uses %s", settings.local_model_path)
-                return self._model
         now = time.monotonic()
-        if self._model is not None and now < self._redis_retry_at:
-            return self._model
+        if self.current.evaluator is not None and now < self._redis_retry_at:
+            return self.current.evaluator
         try:
-            latest = self.state.latest_model_key()
+            self.current.refresh(self.state.redis, self.state.keys)
+        except NoModelError:
+            raise Unavailable("no model checkpoint exists yet") from None
         except redis.RedisError as e:
-            if self._model is None:
+            if self.current.evaluator is None:
                 raise Unavailable(f"no model loaded and Redis is unavailable: {e}") from None
-            log.warning("Redis unavailable (%s); the CPU player keeps its loaded model", e)
+            log.warning("Redis unavailable (%s); the CPU player keeps %s", e, self.describe())
             self._redis_retry_at = now + MODEL_RECHECK_AFTER_FAILURE_S
-            return self._model
-        key = (latest.name, latest.checkpoint)
-        with self._lock:
-            if key != self._key:
-                try:
-                    _, data = self.state.model_bytes(key[0], key[1], jit=True)
-                except NotFound as e:
-                    raise Unavailable(f"the newest model cannot be loaded: {e}") from None
-                self._model = self._load(data)
-                self._key = key
-                log.info("CPU player loaded %s checkpoint %d", *key)
-            return self._model
+        except (ValueError, ModelError) as e:
+            if self.current.evaluator is None:
+                raise Unavailable(f"the chosen model cannot be loaded: {e}") from None
+            log.warning("CPU player keeps %s: %s", self.current.describe(), e)
+        return self.current.evaluator
 
     def describe(self) -> str:
-        settings = self.state.settings
-        if settings.local_model_path is not None:
-            return str(settings.local_model_path)
-        if self._key is None:
-            return "none loaded yet"
-        return f"{self._key[0]} checkpoint {self._key[1]}"
-
-    @staticmethod
-    def _load(data: bytes) -> Any:
-        from hexz_tasks.inference import Evaluator
-
-        return Evaluator(data)
+        return self.current.describe()
 
 
 @dataclass
@@ -121,7 +98,7 @@ class ServerState:
     redis: redis.Redis
     keys: Keys
     started: float = field(default_factory=time.time)
-    models: ModelSource = field(init=False)
+    models: CpuPlayerModel = field(init=False)
     player: CpuPlayer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -129,12 +106,17 @@ class ServerState:
         from hexz_tasks.store import ExampleStore
 
         # A gRPC client should hear "at capacity" soon rather than hang on a full store.
-        self.store = ExampleStore(self.redis, self.keys, full_wait_s=5.0)
+        self.store = ExampleStore(
+            self.redis,
+            self.keys,
+            max_pending=self.settings.max_pending_examples,
+            full_wait_s=5.0,
+        )
         self.repo = ModelRepository(self.settings.repo_base_dir, self.settings.model_name)
         from hexz_tasks.redis_server import with_timeout
 
         self.health_redis = with_timeout(self.redis, HEALTH_REDIS_TIMEOUT_S)
-        self.models = ModelSource(self)
+        self.models = CpuPlayerModel(self)
         self._pruned_minute = 0
         self.player = CpuPlayer(self.settings, self.models.get)
 
@@ -166,14 +148,24 @@ class ServerState:
             raise Unavailable("no model checkpoint exists yet")
         return hexz_pb2.ModelKey(name=self.settings.model_name, checkpoint=cp)
 
+    def selfplay_model_key(self) -> hexz_pb2.ModelKey:
+        """The checkpoint self-play should play with (hexz_tasks.model_source): what the
+        original workers are told to use; the newest one unless promotion gating holds
+        it back."""
+        key = chosen_checkpoint(self.settings, self.redis, self.keys)
+        if key is None:
+            raise Unavailable("no model checkpoint exists yet")
+        return hexz_pb2.ModelKey(name=key[0], checkpoint=key[1])
+
     def model_bytes(self, name: str, checkpoint: int, jit: bool) -> tuple[int, bytes]:
         """(checkpoint, bytes) of a model: TorchScript if `jit`, else a torch.save'd state_dict.
 
-        checkpoint -1 means the newest one. Raises NotFound if it does not exist.
+        checkpoint -1 means the one self-play should play with. Raises NotFound if it does
+        not exist.
         """
         check_model_name(name)
         if checkpoint == -1:
-            latest = self.latest_model_key()
+            latest = self.selfplay_model_key()
             if name == latest.name:
                 checkpoint = latest.checkpoint
             else:
@@ -199,20 +191,10 @@ class ServerState:
         added = self.store.add_examples(batch_id, examples)
         if added:
             now = time.time()
-            minute = int(now // 60)
-            with self.redis.pipeline(transaction=False) as p:
-                p.hincrby(self.keys.rates, f"{minute}:games", 1)
-                p.hincrby(self.keys.rates, f"{minute}:examples", added)
-                p.execute()
-            if minute != self._pruned_minute:
-                self._pruned_minute = minute
-                old = [
-                    f
-                    for f in self.redis.hkeys(self.keys.rates)
-                    if int(f.split(b":")[0]) < minute - RATE_WINDOW_MIN
-                ]
-                if old:
-                    self.redis.hdel(self.keys.rates, *old)
+            record_game(self.redis, self.keys, added, now)
+            if int(now // 60) != self._pruned_minute:
+                self._pruned_minute = int(now // 60)
+                prune(self.redis, self.keys, now)
         return added
 
 

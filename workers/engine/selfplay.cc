@@ -162,7 +162,8 @@ void Game::Finish(int result) {
 SelfPlayDriver::SelfPlayDriver(const SelfPlayParams& params, int n_games, int games_in_flight,
                                uint64_t seed)
     : params_(params), n_games_(n_games), seed_(seed) {
-  slots_.resize(std::max(1, std::min(games_in_flight, std::max(n_games, 1))));
+  const int slots = n_games < 0 ? games_in_flight : std::min(games_in_flight, std::max(n_games, 1));
+  slots_.resize(std::max(1, slots));
 }
 
 int SelfPlayDriver::Prepare(float* boards, uint8_t* masks) {
@@ -170,7 +171,7 @@ int SelfPlayDriver::Prepare(float* boards, uint8_t* masks) {
   for (size_t s = 0; s < slots_.size(); s++) {
     while (true) {
       if (!slots_[s]) {
-        if (started_ >= n_games_) break;
+        if (n_games_ >= 0 && started_ >= n_games_) break;
         slots_[s] = std::make_unique<Game>(params_, started_, GameSeed(seed_, started_));
         started_++;
       }
@@ -185,6 +186,7 @@ int SelfPlayDriver::Prepare(float* boards, uint8_t* masks) {
         break;
       }
       finished_examples_ += g.num_examples();
+      finished_moves_ += g.num_moves();
       finished_.push_back(g.TakeRecord());
       finished_count_++;
       slots_[s].reset();
@@ -205,6 +207,14 @@ int64_t SelfPlayDriver::examples_recorded() const {
   int64_t n = finished_examples_;
   for (const auto& g : slots_) {
     if (g) n += g->num_examples();
+  }
+  return n;
+}
+
+int64_t SelfPlayDriver::moves_played() const {
+  int64_t n = finished_moves_;
+  for (const auto& g : slots_) {
+    if (g) n += g->num_moves();
   }
   return n;
 }

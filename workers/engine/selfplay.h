@@ -1,6 +1,7 @@
 // Self-play games of shared/spec/selfplay-and-training.md, many at once.
 //
-// SelfPlayDriver keeps `games_in_flight` games running. Each step, Prepare()
+// SelfPlayDriver keeps `games_in_flight` games running (a fixed number of games, or
+// open-ended: the self-play worker keeps one driver for its whole life). Each step, Prepare()
 // advances every game to its next leaf that needs a network evaluation and writes
 // those positions into caller-provided contiguous buffers (one batch); the caller
 // runs the network once and hands the results to Feed(). A finished game's slot
@@ -95,6 +96,7 @@ class Game {
   Mcts& search() { return mcts_; }
   GameRecord TakeRecord() { return std::move(record_); }
   int num_examples() const { return record_.examples.size(); }
+  int num_moves() const { return record_.num_moves; }
 
  private:
   void RecordExample(int child, int32_t checkpoint);
@@ -112,6 +114,7 @@ class Game {
 
 class SelfPlayDriver {
  public:
+  // n_games < 0: open-ended, every finished game's slot starts a new one for ever.
   SelfPlayDriver(const SelfPlayParams& params, int n_games, int games_in_flight, uint64_t seed);
   // One driver per owner: its games live in its slots.
   SelfPlayDriver(const SelfPlayDriver&) = delete;
@@ -120,6 +123,7 @@ class SelfPlayDriver {
   // Advances all running games (starting new ones in freed slots) and writes the
   // positions to evaluate: boards[k * kTensorSize], masks[k * kPolicySize] for
   // k < the returned batch size (at most games_in_flight; 0 once all games are done).
+  // Call it only when no batch awaits Feed (batch_size() == 0).
   int Prepare(float* boards, uint8_t* masks);
   // Results for the last Prepare's batch: probs[k * kPolicySize], values[k].
   void Feed(const float* probs, const float* values);
@@ -132,6 +136,8 @@ class SelfPlayDriver {
   int64_t evaluations() const { return evaluations_; }
   // Examples recorded so far, finished games and games in progress.
   int64_t examples_recorded() const;
+  // Moves played so far (fast moves included), finished games and games in progress.
+  int64_t moves_played() const;
   int games_in_flight() const { return static_cast<int>(slots_.size()); }
   // The checkpoint that examples recorded from now on name (the caller sets it when it
   // swaps networks).
@@ -148,6 +154,7 @@ class SelfPlayDriver {
   int started_ = 0;
   int finished_count_ = 0;
   int64_t finished_examples_ = 0;
+  int64_t finished_moves_ = 0;
   int64_t evaluations_ = 0;
   int32_t checkpoint_ = 0;
 };

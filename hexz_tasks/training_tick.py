@@ -1,0 +1,142 @@
+"""The training tick (beat -> ``gpu`` queue): train checkpoint N+1 once enough new examples
+arrived, single-flight under a Redis lock, then record the run and publish the checkpoint.
+
+A plain module: the Celery task (hexz_tasks.tasks.train) only calls
+:func:`run_training_tick`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+
+from hexz_tasks.keys import Keys
+from hexz_tasks.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The training lock lives this long unless its holder refreshes it (every third of it):
+# a killed trainer blocks the next training for at most this long.
+LOCK_TTL_S = 20.0
+
+
+class TrainingHeartbeat:
+    """Refreshes the training lock and Keys.training_active while training runs.
+
+    Both expire by themselves if this process dies, so the next tick can train.
+    """
+
+    def __init__(self, lock: Any, r: redis.Redis, keys: Keys, active: str) -> None:
+        self.lock, self.r, self.keys, self.active = lock, r, keys, active
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="training-heartbeat", daemon=True)
+
+    def __enter__(self) -> TrainingHeartbeat:
+        self.r.set(self.keys.training_active, self.active, px=int(LOCK_TTL_S * 1000))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.r.delete(self.keys.training_active)
+
+    def owns(self) -> bool:
+        """Whether this trainer still holds the lock (its token is still in Redis)."""
+        return not self.lost and bool(self.lock.owned())
+
+    def _run(self) -> None:
+        while not self._stop.wait(LOCK_TTL_S / 3):
+            try:
+                self.lock.reacquire()
+                self.r.pexpire(self.keys.training_active, int(LOCK_TTL_S * 1000))
+            except redis.exceptions.LockError:
+                log.error("lost the training lock: this training will not be published")
+                self.lost = True
+                return
+            except redis.RedisError as e:
+                log.warning("training heartbeat: %s", e)
+
+
+def ensure_model_published(settings: Settings, r: redis.Redis, keys: Keys, repo: Any) -> int:
+    """Creates checkpoint 0 on first start and publishes the newest checkpoint if Redis lacks it."""
+    latest = repo.ensure_initial_checkpoint(settings)
+    raw = r.get(keys.latest_model)
+    if raw is None or json.loads(raw) != {"name": settings.model_name, "checkpoint": latest}:
+        repo.publish(r, keys, latest)
+    return latest
+
+
+def _event(r: redis.Redis, keys: Keys, event: str, checkpoint: int) -> None:
+    r.publish(keys.events_channel, json.dumps({"event": event, "checkpoint": checkpoint}))
+
+
+def run_training_tick(settings: Settings, r: redis.Redis, keys: Keys) -> dict[str, Any]:
+    """One beat tick: train checkpoint N+1 if enough new examples arrived and nobody else is.
+
+    Events: training_started / training_done carry the latest checkpoint at that moment
+    (the one training starts from / the one it produced).
+    """
+    from hexz_tasks.repository import ModelRepository
+    from hexz_tasks.store import ExampleStore
+    from hexz_tasks.training import should_train, train_once
+
+    repo = ModelRepository(settings.repo_base_dir, settings.model_name)
+    base = ensure_model_published(settings, r, keys, repo)
+    store = ExampleStore(r, keys)
+    if not should_train(settings, store):
+        return {"trained": False, "reason": "below threshold", "checkpoint": base}
+    lock = r.lock(keys.training_lock, timeout=LOCK_TTL_S, blocking=False, thread_local=False)
+    if not lock.acquire(blocking=False):
+        return {"trained": False, "reason": "another training is running", "checkpoint": base}
+    try:
+        if not should_train(settings, store):  # a training finished while we took the lock
+            return {"trained": False, "reason": "below threshold", "checkpoint": base}
+        base = repo.latest_checkpoint()
+        started = time.time()
+        active = json.dumps({"since": started, "checkpoint": base, "host": socket.gethostname()})
+        with TrainingHeartbeat(lock, r, keys, active) as heartbeat:
+            _event(r, keys, "training_started", base)
+            try:
+                stats = train_once(settings, store, repo, still_owner=heartbeat.owns)
+                if stats is not None and heartbeat.lost:
+                    raise RuntimeError("training lock lost while training; not publishing")
+            except BaseException:
+                _event(r, keys, "training_done", base)  # failed: subscribers resume anyway
+                raise
+            if stats is None:
+                # The counters said train, but the drain found too few examples on disk:
+                # the newest ones have not settled in Redis (see ExampleStore settle_ms).
+                _event(r, keys, "training_done", base)
+                reason = "new examples not settled in Redis yet"
+                return {"trained": False, "reason": reason, "checkpoint": base}
+            new = repo.latest_checkpoint()
+            finished = time.time()
+            run = {
+                **stats,
+                "checkpoint": new,
+                "started": started,
+                "finished": finished,
+                "seconds": round(finished - started, 3),
+                "host": socket.gethostname(),
+            }
+            with r.pipeline() as p:
+                p.rpush(keys.training_runs, json.dumps(run))
+                p.ltrim(keys.training_runs, -1000, -1)
+                p.execute()
+            # Published after its run is recorded: whoever sees checkpoint N sees its stats.
+            repo.publish(r, keys, new)
+            _event(r, keys, "training_done", new)
+        return {"trained": True, "checkpoint": new}
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass  # expired: nothing to release
