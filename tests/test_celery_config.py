@@ -277,7 +277,11 @@ def test_ctrl_c_on_hexz_run_stops_everything_without_a_traceback_and_redis_last(
     )
     try:
         settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("HEXZ_")})
-        r = redis.Redis(port=EMBEDDED_PORT, socket_connect_timeout=1)
+        r = redis.Redis(
+            port=EMBEDDED_PORT,
+            password=embedded_redis_password(settings.data_dir),
+            socket_connect_timeout=1,
+        )
 
         def playing() -> bool:
             assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
@@ -290,9 +294,13 @@ def test_ctrl_c_on_hexz_run_stops_everything_without_a_traceback_and_redis_last(
         proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal does
         assert proc.wait(60) == 130
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        if proc.poll() is None:  # failed: shut it down the way it is meant to be
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
         log.close()
     out = (tmp_path / "run.log").read_text()
     assert "Traceback" not in out and "Error" not in out, out[-5000:]
