@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.selfplay import FIXTURE
 from hexz_tasks.inference import Evaluator, throughput
-from hexz_tasks.model import BOARD_SHAPE, MASK_SHAPE
+from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE
 from hexz_tasks.selfplay import make_driver
 from hexz_tasks.settings import Settings
 

@@ -61,7 +61,8 @@ def checkpoints_in_use(
     settings: Settings, r: redis.Redis, keys: Keys, on_disk: list[int]
 ) -> set[int]:
     """Checkpoints self-play, the promotion gate, the evaluation or the trainer use now."""
-    from hexz_tasks.evaluation import played_checkpoints, promoted_checkpoint
+    from hexz_tasks.evaluation import played_checkpoints
+    from hexz_tasks.model_source import promoted_checkpoint
 
     used = {0}
     if on_disk:

@@ -8,8 +8,8 @@ file and TensorBoard reads each sub-run's files in the order they were written:
   the losses and learning rate (x = optimiser step), per epoch the mean losses (x = the
   step that ended it), and per checkpoint (x = checkpoint) samples/s, window size,
   durations and the pipeline around it: examples and games stored per second, examples in
-  total, self-play processes, tasks running and their occupancy (:func:`pipeline_scalars`,
-  the place to add further per-process statistics).
+  total, self-play processes, games in flight, moves/s and batch occupancy
+  (:func:`pipeline_scalars`, the place to add further per-process statistics).
 - ``evaluation`` (the evaluation tick): a snapshot of the newest ``SNAPSHOT_CHECKPOINTS``
   checkpoints (x = checkpoint), rewritten after each change: Elo with its 95 % interval
   (a margin chart under Custom Scalars), the held-out metrics, and the baselines' Elo.
@@ -161,29 +161,27 @@ def stored_per_second(r: redis.Redis, keys: Keys, start: float, end: float) -> d
 def pipeline_scalars(r: redis.Redis, keys: Keys, since: str | None) -> dict[str, float]:
     """Throughput and occupancy of the pipeline from what Redis holds now: stored
     examples and games per second since `since` (an ISO time, e.g. the previous
-    checkpoint's end; at least over the last minute), and self-play processes, tasks
-    running and their ratio."""
-    from hexz_tasks.celery import SELFPLAY_QUEUE, live_workers
+    checkpoint's end; at least over the last minute), and from the self-play processes'
+    progress entries (hexz_tasks.selfplay_worker): processes, games in flight, moves per
+    second and mean batch occupancy."""
     from hexz_tasks.store import ExampleStore
+    from hexz_tasks.worker_registry import live_progress
 
     now = time.time()
     start = now - 60
     if since is not None:
         start = min(start, datetime.fromisoformat(since).timestamp())
     rates = stored_per_second(r, keys, start, now)
-    processes = sum(
-        w["concurrency"]
-        for w in live_workers(r, keys, now).values()
-        if SELFPLAY_QUEUE in w["queues"]
-    )
-    running = r.hlen(keys.selfplay_running)
+    progress = list(live_progress(r, keys, now).values())
+    occupancies = [p["occupancy"] for p in progress if p.get("occupancy") is not None]
     return {
         "examples_per_s": rates["examples_per_s"],
         "games_per_s": rates["games_per_s"],
         "examples_total": float(ExampleStore(r, keys).total_examples()),
-        "selfplay_processes": float(processes),
-        "selfplay_tasks_running": float(running),
-        "selfplay_occupancy": running / processes if processes else 0.0,
+        "selfplay_processes": float(len(progress)),
+        "selfplay_games_in_flight": float(sum(p["games_in_flight"] for p in progress)),
+        "selfplay_moves_per_s": float(sum(p["moves_per_s"] for p in progress)),
+        "selfplay_occupancy": sum(occupancies) / len(occupancies) if occupancies else 0.0,
     }
 
 

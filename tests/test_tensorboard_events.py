@@ -15,14 +15,13 @@ from synthetic import game_columns
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from hexz_tasks.arena import store_game
-from hexz_tasks.celery import SELFPLAY_QUEUE
 from hexz_tasks.keys import Keys
 from hexz_tasks.launcher import startup_message
+from hexz_tasks.rates import record_game
 from hexz_tasks.ratings import baselines, rating_curve
 from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
-from hexz_tasks.tasks import record_rate
 from hexz_tasks.tensorboard_events import (
     ELO_TAGS,
     EVALUATION,
@@ -45,7 +44,8 @@ PIPELINE_TAGS = [
         "games_per_s",
         "examples_total",
         "selfplay_processes",
-        "selfplay_tasks_running",
+        "selfplay_games_in_flight",
+        "selfplay_moves_per_s",
         "selfplay_occupancy",
     )
 ]
@@ -85,14 +85,14 @@ def test_training_runs_write_the_trainer_curves(
     store = ExampleStore(r, keys, settle_ms=0)
     repo = ModelRepository(settings.repo_base_dir, settings.model_name)
     # Self-play as the trainer sees it: 300 examples and 4 games in each of the last
-    # minutes, 2 self-play processes of which one runs a task.
+    # minutes, and the progress entries of 2 self-play processes (selfplay_worker).
     now = time.time()
     for minute in (now - 60, now):
         for _ in range(4):
-            record_rate(r, keys, 75, now=minute)
-    worker = {"queues": [SELFPLAY_QUEUE], "concurrency": 2, "seen": now + 120}
-    r.hset(keys.workers, "selfplay@test", json.dumps(worker))
-    r.hset(keys.selfplay_running, "task-1", json.dumps({"started": now}))
+            record_game(r, keys, 75, now=minute)
+    for name, occupancy in (("a", 1.0), ("b", 0.5)):
+        entry = {"games_in_flight": 16, "moves_per_s": 3.0, "occupancy": occupancy}
+        r.hset(keys.selfplay_progress, name, json.dumps({**entry, "updated": now + 120}))
 
     _add_games(store, 4, seed=1)
     first = train_once(settings, store, repo)
@@ -129,7 +129,9 @@ def test_training_runs_write_the_trainer_curves(
     for (_, e), (_, g) in zip(examples, games, strict=True):
         assert 0 < e <= 10 and g == pytest.approx(e * 4 / 300)
     assert values(events, "pipeline/examples_total")[-1] == (2, store.total_examples())
-    assert values(events, "pipeline/selfplay_occupancy") == [(1, 0.5), (2, 0.5)]
+    assert values(events, "pipeline/selfplay_occupancy") == [(1, 0.75), (2, 0.75)]
+    assert values(events, "pipeline/selfplay_games_in_flight") == [(1, 32), (2, 32)]
+    assert values(events, "pipeline/selfplay_moves_per_s") == [(1, 6.0), (2, 6.0)]
     # `hexz run` tells where they are.
     assert f"tensorboard --logdir {log_dir(settings).resolve()}" in startup_message(settings)
 
