@@ -56,6 +56,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting of the project, derived from `settings`."""
     url = redis_url(settings)
     hard = settings.task_time_limit_s
+    # Every key of Celery's under this pipeline's prefix: two pipelines on one Redis
+    # never see each other's queues, messages or results (hexz_tasks.keys).
+    prefixed = {"global_keyprefix": Keys(settings.key_prefix).celery_prefix}
     visibility = {"visibility_timeout": settings.visibility_timeout_s}
     tick = settings.training_check_interval_s
     conf: dict[str, Any] = {
@@ -80,6 +83,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # The visibility timeout, in the three places the Redis transport reads it.
         "broker_transport_options": {
             **visibility,
+            **prefixed,
             # Sweep for messages of vanished workers every 1/20 of the timeout (kombu's
             # default is every 100 s), so they come back soon after it.
             "unacked_restore_interval": max(1, int(settings.visibility_timeout_s / 20)),
@@ -92,7 +96,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_socket_timeout": WORKER_TIMEOUT_S,
         "redis_socket_connect_timeout": 5,
         "redis_socket_keepalive": True,
-        "result_backend_transport_options": visibility,
+        "result_backend_transport_options": {**visibility, **prefixed},
         "visibility_timeout": settings.visibility_timeout_s,
         "result_expires": 24 * 3600,
         "result_backend_always_retry": True,

@@ -74,7 +74,7 @@ def gather_status(
     }
 
     running = {k.decode(): json.loads(v) for k, v in r.hgetall(keys.selfplay_running).items()}
-    out["queues"] = {q: r.llen(q) for q in (SELFPLAY_QUEUE, GPU_QUEUE, EVAL_QUEUE)}
+    out["queues"] = {q: r.llen(keys.queue(q)) for q in (SELFPLAY_QUEUE, GPU_QUEUE, EVAL_QUEUE)}
     out["selfplay_running"] = len(running)
 
     workers = live_workers(r, keys, now)

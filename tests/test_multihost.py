@@ -424,8 +424,8 @@ def test_worker_across_a_cut_link_recovers_and_stores_every_game_once(
     def all_done() -> bool:
         return (
             store.counters()["games"] > games_at_cut
-            and r.llen(SELFPLAY_QUEUE) == 0
-            and r.hlen("unacked") == 0
+            and r.llen(keys.queue(SELFPLAY_QUEUE)) == 0
+            and r.hlen(keys.unacked) == 0
             and r.hlen(keys.selfplay_running) == 0
         )
 

@@ -198,7 +198,7 @@ def test_end_to_end_selfplay_fills_the_store_training_makes_checkpoint_1_selfpla
     wait_for(lambda: counters(r, keys)["games"] > 0, 90, "the first stored game")
     # The feeder keeps about one task waiting per pool process (1): the queue stays short.
     for _ in range(10):
-        assert r.llen(SELFPLAY_QUEUE) <= 2 and r.hlen(keys.selfplay_running) <= 1
+        assert r.llen(keys.queue(SELFPLAY_QUEUE)) <= 2 and r.hlen(keys.selfplay_running) <= 1
         time.sleep(0.2)
     wait_for(lambda: (latest_published(r, keys) or 0) >= 1, 120, "checkpoint 1")
     assert 1 in repo.checkpoints()
@@ -266,7 +266,7 @@ def test_selfplay_pool_process_killed_mid_slice_stores_no_game_twice_and_loses_o
     (survivor,) = set(games) - {killed}
     assert games[survivor] == list(range(len(games[survivor])))
     assert counters(r, keys)["games"] == sum(len(ix) for ix in games.values())
-    assert r.llen(SELFPLAY_QUEUE) == 0 and r.hlen("unacked") == 0
+    assert r.llen(keys.queue(SELFPLAY_QUEUE)) == 0 and r.hlen(keys.unacked) == 0
     app.close()
 
 
@@ -301,7 +301,8 @@ def test_redis_restart_during_a_run_loses_no_acknowledged_example_and_workers_re
     for i in range(3, 5):
         app.send_task(SELFPLAY_TASK, args=[3, 0], task_id=f"task-{i}")
     wait_for(lambda: counters(r, keys)["games"] >= after["games"] + 3, 150, "games after it")
-    wait_for(lambda: r.hlen(keys.selfplay_running) == 0 and r.llen(SELFPLAY_QUEUE) == 0, 120,
+    queue = keys.queue(SELFPLAY_QUEUE)
+    wait_for(lambda: r.hlen(keys.selfplay_running) == 0 and r.llen(queue) == 0, 120,
              "the slices to end")  # fmt: skip
     assert_each_game_once(r, keys)
     assert counters(r, keys)["examples"] == sum(n for _, n in stream_entries(r, keys))
@@ -360,7 +361,7 @@ def test_malformed_messages_are_rejected_logged_and_store_nothing(
     assert "selfplay[bad-type]: argument budget_s must be float" in log
     assert "selfplay[bad-range]: budget_s must be in (0, 5] and max_games >= 0" in log
     assert worker.alive()
-    assert r.llen(SELFPLAY_QUEUE) == 0 and r.hlen("unacked") == 0
+    assert r.llen(keys.queue(SELFPLAY_QUEUE)) == 0 and r.hlen(keys.unacked) == 0
     assert counters(r, keys) == {
         "examples": 0, "games": 0, "batches": 0, "pending": 0, "trained": 0
     }  # fmt: skip

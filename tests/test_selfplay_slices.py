@@ -71,6 +71,11 @@ def progress(r: redis.Redis) -> dict[str, Any]:
     return entries[0] if entries else {}
 
 
+def no_slices(r: redis.Redis) -> bool:
+    """No self-play slice queued or running."""
+    return r.llen(KEYS.queue(SELFPLAY_QUEUE)) == 0 and r.hlen(KEYS.selfplay_running) == 0
+
+
 def slice_succeeded(worker: Proc, task_id: str) -> dict[str, Any] | None:
     """The summary a finished slice returned, from the worker's log."""
     m = re.search(rf"selfplay\[{task_id}\] succeeded in [\d.]+s: (\{{.*\}})", worker.log())
@@ -175,10 +180,9 @@ def test_a_full_store_pauses_selfplay_and_the_feeder_and_loses_no_finished_game(
     assert full["games_finished"] == full["games_stored"] + full["unstored"]
 
     # The feeder queues nothing more; the slices that were queued end by their budget.
-    wait_for(lambda: r.llen(SELFPLAY_QUEUE) == 0 and r.hlen(KEYS.selfplay_running) == 0, 30,
-             "the queued slices to end")  # fmt: skip
+    wait_for(lambda: no_slices(r), 30, "the queued slices to end")
     time.sleep(3)  # six beat ticks
-    assert r.llen(SELFPLAY_QUEUE) == 0 and r.hlen(KEYS.selfplay_running) == 0
+    assert no_slices(r)
     # ... and no move was played meanwhile: no CPU burnt on games the store cannot take.
     still = progress(r)
     assert still["batches"] == full["batches"] and still["moves"] == full["moves"]
@@ -189,8 +193,7 @@ def test_a_full_store_pauses_selfplay_and_the_feeder_and_loses_no_finished_game(
     ExampleStore(r, KEYS).drain(Dataset(tmp_path / "dataset"))
     wait_for(lambda: progress(r)["games_stored"] > still["games_stored"], 60, "the kept games")
     beat.stop()
-    wait_for(lambda: r.llen(SELFPLAY_QUEUE) == 0 and r.hlen(KEYS.selfplay_running) == 0, 60,
-             "the last slices to end")  # fmt: skip
+    wait_for(lambda: no_slices(r), 60, "the last slices to end")
     last = progress(r)
     counters = ExampleStore(r, KEYS).counters()
     # Every game the process finished was stored, once.
@@ -226,7 +229,7 @@ def test_sigterm_hands_the_running_slice_back_within_seconds(
     summary = slice_succeeded(worker, "long")
     assert summary is not None and summary["stopped"] is True, worker.log()[-3000:]
     # Acknowledged: nothing waits for a redelivery after the visibility timeout.
-    assert r.hlen("unacked") == 0 and r.llen(SELFPLAY_QUEUE) == 0
+    assert r.hlen(KEYS.unacked) == 0 and r.llen(KEYS.queue(SELFPLAY_QUEUE)) == 0
     assert "Traceback" not in worker.log() and "WorkerLostError" not in worker.log()
     app.close()
 
