@@ -46,7 +46,7 @@ from hexz_tasks.queues import (
     TRAIN_TASK,
 )
 from hexz_tasks.redis_server import WORKER_TIMEOUT_S, connect, redis_url
-from hexz_tasks.settings import Settings
+from hexz_tasks.settings import SOFT_LIMIT_FRACTION, Settings
 from hexz_tasks.worker_registry import WORKER_REFRESH_S, forget_dead_local_tasks
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_time_limit": hard,
-        "task_soft_time_limit": 0.9 * hard,
+        "task_soft_time_limit": SOFT_LIMIT_FRACTION * hard,
         # The visibility timeout, in the three places the Redis transport reads it.
         "broker_transport_options": {
             **visibility,

@@ -57,6 +57,18 @@ class Keys:
         return f"{self.prefix}:training:runs"
 
     @property
+    def training_budget(self) -> str:
+        """JSON of the newest estimate of a training run's time against its time limit
+        (hexz_tasks.training_budget): ok, warning, refused, timed out or unknown."""
+        return f"{self.prefix}:training:budget"
+
+    @property
+    def training_timeout(self) -> str:
+        """JSON {"samples", "seconds", "device", "checkpoint", "time"} of the newest
+        training that hit its time limit."""
+        return f"{self.prefix}:training:timeout"
+
+    @property
     def events_channel(self) -> str:
         """Pub/sub channel of JSON events {"event": "training_started" | "training_done", ...}."""
         return f"{self.prefix}:events"

@@ -73,7 +73,9 @@ def test_embedded_redis_is_the_default_url_with_a_generated_password(tmp_path: P
 
 
 def test_reliability_settings_and_limits_below_the_visibility_timeout() -> None:
-    conf = celery_config(settings_for(task_time_limit_s=100, visibility_timeout_s=130))
+    conf = celery_config(
+        settings_for(task_time_limit_s=100, training_time_limit_s=120, visibility_timeout_s=130)
+    )
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["task_soft_time_limit"] < conf["task_time_limit"] == 100

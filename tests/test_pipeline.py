@@ -24,12 +24,12 @@ from hexz_tasks.queues import SELFPLAY_QUEUE, SELFPLAY_TASK, TRAIN_TASK
 from hexz_tasks.repository import ModelRepository, fetch_latest
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
-from hexz_tasks.training_tick import LOCK_TTL_S, ensure_model_published
+from hexz_tasks.training_tick import LOCK_TTL_S, restore_trainer_state
 
 pytestmark = pytest.mark.slow
 
 # Training tests: time limits far above what a loaded 2-core machine needs.
-LONG_TASKS = {"task_time_limit_s": 300, "visibility_timeout_s": 330}
+LONG_TASKS = {"task_time_limit_s": 300, "training_time_limit_s": 300, "visibility_timeout_s": 330}
 
 
 def setup(
@@ -42,7 +42,7 @@ def setup(
 
 def publish_checkpoint_0(settings: Settings, r: redis.Redis, keys: Keys) -> ModelRepository:
     repo = ModelRepository(settings.repo_base_dir, settings.model_name)
-    ensure_model_published(settings, r, keys, repo)
+    restore_trainer_state(settings, r, keys, repo)
     return repo
 
 
@@ -254,11 +254,19 @@ def test_selfplay_pool_process_killed_mid_slice_stores_no_game_twice_and_loses_o
     pid = json.loads(r.hget(keys.selfplay_running, "kill-me"))["pid"]
     os.kill(pid, signal.SIGKILL)
     (killed,) = games_by_process(r, keys)
+
     # The slice is redelivered at once (reject on worker loss) to a new pool process,
     # whose games are new games under its own id.
+    def redelivered() -> bool:
+        entry = r.hget(keys.selfplay_running, "kill-me")
+        return entry is not None and json.loads(entry)["pid"] != pid
+
+    wait_for(redelivered, 60, "the slice in a new pool process")
+    assert int(r.get(keys.task_attempts("kill-me"))) == 2
     wait_for(lambda: len(games_by_process(r, keys)) == 2, 90, "a game of the new process")
     wait_for(lambda: not r.hexists(keys.selfplay_running, "kill-me"), 60, "the slice to end")
-    assert int(r.get(keys.task_attempts("kill-me"))) == 2
+    # Acknowledged at its end: nothing can redeliver it, its counter is gone.
+    wait_for(lambda: not r.exists(keys.task_attempts("kill-me")), 10, "the counter to go")
     assert_each_game_once(r, keys)
     games = games_by_process(r, keys)
     n = len(games[killed])
@@ -274,7 +282,12 @@ def test_redis_restart_during_a_run_loses_no_acknowledged_example_and_workers_re
     redis_server: RedisServer, tmp_path: Path, procs: Procs
 ) -> None:
     env, settings, r, keys = setup(
-        redis_server, tmp_path, selfplay_slice_s=3, task_time_limit_s=40, visibility_timeout_s=45
+        redis_server,
+        tmp_path,
+        selfplay_slice_s=3,
+        task_time_limit_s=40,
+        training_time_limit_s=40,
+        visibility_timeout_s=45,
     )
     publish_checkpoint_0(settings, r, keys)
     procs.worker("selfplay", "selfplay", env)

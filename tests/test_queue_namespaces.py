@@ -18,7 +18,7 @@ from hexz_tasks.queues import EVAL_QUEUE, GPU_QUEUE, SELFPLAY_QUEUE, SELFPLAY_TA
 from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
 from hexz_tasks.status import gather_status
-from hexz_tasks.training_tick import ensure_model_published
+from hexz_tasks.training_tick import restore_trainer_state
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def pipeline(redis_server: RedisServer, tmp_path: Path, prefix: str) -> tuple[di
     env = tiny_env(redis_server.url, tmp_path / prefix, key_prefix=prefix, selfplay_slice_s=2)
     settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("HEXZ_")})
     repo = ModelRepository(settings.repo_base_dir, settings.model_name)
-    ensure_model_published(settings, redis_server.client(), Keys(prefix), repo)
+    restore_trainer_state(settings, redis_server.client(), Keys(prefix), repo)
     return env, settings
 
 

@@ -26,7 +26,7 @@ from hexz_tasks.queues import SELFPLAY_QUEUE, SELFPLAY_TASK
 from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
-from hexz_tasks.training_tick import ensure_model_published
+from hexz_tasks.training_tick import restore_trainer_state
 from hexz_tasks.worker_registry import live_progress
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def setup(
     env = tiny_env(redis_server.url, tmp_path / "data", **overrides)
     settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("HEXZ_")})
     r = redis_server.client()
-    ensure_model_published(settings, r, KEYS, repo(settings))
+    restore_trainer_state(settings, r, KEYS, repo(settings))
     return env, settings, r
 
 
@@ -141,7 +141,8 @@ def test_evaluation_runs_beside_saturated_selfplay_and_gating_moves_selfplay_pas
 ) -> None:
     env, _, r = setup(
         redis_server, tmp_path, promotion_min_score=0.0, arena_games=2, arena_runs_per_move=4,
-        arena_interval_s=2, selfplay_slice_s=3, task_time_limit_s=120, visibility_timeout_s=130,
+        arena_interval_s=2, selfplay_slice_s=3, task_time_limit_s=120, training_time_limit_s=120,
+        visibility_timeout_s=130,
     )  # fmt: skip
     procs.worker("gpu", "gpu", env)
     procs.worker("eval", "eval", env)
@@ -213,7 +214,7 @@ def test_sigterm_hands_the_running_slice_back_within_seconds(
     redelivered later and nothing is logged as lost."""
     env, settings, r = setup(
         redis_server, tmp_path, selfplay_slice_s=60, task_time_limit_s=120,
-        visibility_timeout_s=130,
+        training_time_limit_s=120, visibility_timeout_s=130,
     )  # fmt: skip
     worker = start_selfplay_worker(procs, env, r)
     app = make_app(settings)
