@@ -64,8 +64,8 @@ class Keys:
 
     @property
     def training_timeout(self) -> str:
-        """JSON {"samples", "seconds", "device", "checkpoint", "time"} of the newest
-        training that hit its time limit."""
+        """JSON {"samples", "seconds", "limit_s", "device", "checkpoint", "time"} of the
+        newest training that hit its time limit."""
         return f"{self.prefix}:training:timeout"
 
     @property

@@ -14,6 +14,7 @@ from hexz_tasks.queues import EVAL_QUEUE, GPU_QUEUE, SELFPLAY_QUEUE
 from hexz_tasks.rates import recent_rates
 from hexz_tasks.redis_server import connect, masked_url, redis_url
 from hexz_tasks.settings import Settings
+from hexz_tasks.training_budget import OK, UNKNOWN, stored_budget
 from hexz_tasks.worker_registry import live_progress, live_workers
 
 RATE_MINUTES = 10
@@ -71,6 +72,7 @@ def gather_status(
         "active": json.loads(active) if active else None,
         "runs": runs,
         "last_run": json.loads(last) if last else None,
+        "budget": stored_budget(r, keys),
     }
 
     running = {k.decode(): json.loads(v) for k, v in r.hgetall(keys.selfplay_running).items()}
@@ -164,6 +166,10 @@ def print_status(settings: Settings) -> int:
     if last:
         line += f"; last made checkpoint {last.get('checkpoint')} in {last.get('seconds', '?')} s"
     print(line)
+    budget = training["budget"]
+    if budget is not None and budget["level"] != UNKNOWN:
+        label = "time limit:" if budget["level"] == OK else "WARNING:   "
+        print(f"{label}  {budget['message']}")
     print(
         "queues:      "
         + ", ".join(f"{q} {n} waiting" for q, n in s["queues"].items())

@@ -7,8 +7,9 @@ HEXZ_TRAINING_TIME_LIMIT_S Celery would kill every one of them: nothing would tr
 more, silently. So before it trains, the training tick estimates the run (:func:`check`):
 the samples it will train on (window x epochs, or the replay step's batches) divided by
 the samples per second of the newest run on the same device, plus that run's load time.
-A run that hit the time limit (:func:`record_timeout`) bounds that speed until a later
-run succeeds. Against the soft time limit:
+A run that hit the time limit (:func:`record_timeout`) rules out runs at least as big
+under the same limit, and bounds the speed, until a later run succeeds. Against the soft
+time limit:
 
 - at least the soft limit: the tick refuses to train (a run that would be killed only
   wastes the trainer; self-play pauses once the store is full), naming the settings
@@ -69,16 +70,27 @@ def estimate(
     """The budget of the next run from the newest finished run and the newest timeout."""
     samples = samples_per_run(settings, examples)
     limit = SOFT_LIMIT_FRACTION * settings.training_time_limit_s
+    fix = (
+        "raise HEXZ_TRAINING_TIME_LIMIT_S (and HEXZ_VISIBILITY_TIMEOUT_S above it), lower "
+        "HEXZ_TRAINING_EXAMPLES_WINDOW_SIZE or HEXZ_NUM_EPOCHS, or train on a GPU (HEXZ_DEVICE)"
+    )
     speeds, load_s = [], 0.0
     if last_run is not None and last_run.get("device") == settings.device:
         speeds.append(float(last_run["samples_per_s"]))
         load_s = float(last_run.get("load_s", 0.0))
     if (
         timeout is not None
-        and timeout.get("device") == settings.device
+        and timeout["device"] == settings.device
         and (last_run is None or timeout["time"] > last_run.get("finished", 0))
     ):
-        speeds.append(timeout["samples"] / timeout["seconds"])  # at most this fast
+        if samples >= timeout["samples"] and limit <= timeout["limit_s"]:
+            return Budget(
+                REFUSED, samples, limit, None, None,
+                f"not training: a training of {timeout['samples']:,} samples hit its soft "
+                f"time limit of {_duration(timeout['limit_s'])} on {settings.device}, and the "
+                f"next one has {samples:,}; {fix}",
+            )  # fmt: skip
+        speeds.append(timeout["samples"] / timeout["seconds"])  # it was at most this fast
     if not speeds or min(speeds) <= 0:
         return Budget(
             UNKNOWN, samples, limit, None, None,
@@ -90,10 +102,6 @@ def estimate(
         f"the next training ({samples:,} samples at {speed:,.0f} samples/s) takes about "
         f"{_duration(seconds)} of the {_duration(limit)} its soft time limit allows "
         f"(HEXZ_TRAINING_TIME_LIMIT_S={settings.training_time_limit_s:g})"
-    )
-    fix = (
-        "raise HEXZ_TRAINING_TIME_LIMIT_S (and HEXZ_VISIBILITY_TIMEOUT_S above it), lower "
-        "HEXZ_TRAINING_EXAMPLES_WINDOW_SIZE or HEXZ_NUM_EPOCHS, or train on a GPU (HEXZ_DEVICE)"
     )
     if seconds >= limit:
         level, message = REFUSED, f"not training: {what}; {fix}"
@@ -124,15 +132,16 @@ def record_timeout(
 ) -> None:
     """A run of `samples` samples from `checkpoint` hit its soft time limit after `seconds`:
     later estimates on this device go by that speed until a run succeeds again."""
+    limit = SOFT_LIMIT_FRACTION * settings.training_time_limit_s
     timeout = {
         "samples": samples,
         "seconds": seconds,
+        "limit_s": limit,
         "device": settings.device,
         "checkpoint": checkpoint,
         "time": time.time(),
     }
     r.set(keys.training_timeout, json.dumps(timeout))
-    limit = SOFT_LIMIT_FRACTION * settings.training_time_limit_s
     message = (
         f"the training from checkpoint {checkpoint} ({samples:,} samples) hit its soft time "
         f"limit after {_duration(seconds)} and was discarded "
