@@ -10,15 +10,25 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from conftest import REPO_ROOT, TEST_PREFIX, Procs, RedisServer, tiny_env, wait_for
-from synthetic import game_columns
+from conftest import (
+    REPO_ROOT,
+    TEST_PREFIX,
+    Procs,
+    RedisServer,
+    tiny_env,
+    wait_for,
+    wait_for_examples_to_settle,
+)
+from synthetic import game_columns, row_keys
 
 from hexz_tasks.celery import make_app
+from hexz_tasks.dataset import Dataset
 from hexz_tasks.keys import Keys
 from hexz_tasks.queues import SELFPLAY_QUEUE, SELFPLAY_TASK, TRAIN_TASK
 from hexz_tasks.repository import ModelRepository, fetch_latest
@@ -174,6 +184,74 @@ def test_gpu_worker_killed_during_training_leaves_no_checkpoint_and_next_tick_tr
         p.name for p in repo.checkpoint_dir(1).iterdir()
     }
     assert r.llen(keys.training_runs) == 1
+
+
+def add_games_by_id(r: redis.Redis, keys: Keys, n: int, seed: int) -> dict[str, list[bytes]]:
+    """Stores `n` synthetic games; returns game id -> its examples' fingerprints."""
+    store = ExampleStore(r, keys)
+    games = {}
+    for i, cols in enumerate(game_columns(n, seed, runs=8, max_moves=60)):
+        games[f"synthetic-{seed}:{i}"] = row_keys(cols)
+        assert store.add_game(f"synthetic-{seed}:{i}", cols) > 0
+    return games
+
+
+def copies_on_disk(repo: ModelRepository, games: dict[str, list[bytes]]) -> dict[str, set[int]]:
+    """Game id -> how often each of its examples is in the trainer's dataset ({1}: once,
+    whole). Fails on an example of no stored game."""
+    ds = Dataset(repo.examples_store_dir)
+    on_disk = Counter(k for c in ds.chunks() for k in row_keys(ds.read_chunk(c)))
+    assert set(on_disk) <= {k for ks in games.values() for k in ks}
+    return {gid: {on_disk[k] for k in ks} for gid, ks in games.items()}
+
+
+@pytest.mark.parametrize("point", ["drain", "rename"])
+def test_gpu_worker_killed_mid_drain_or_before_the_checkpoint_rename_keeps_each_game_once(
+    redis_server: RedisServer, tmp_path: Path, procs: Procs, point: str
+) -> None:
+    env, settings, r, keys = setup(redis_server, tmp_path, **LONG_TASKS)
+    repo = publish_checkpoint_0(settings, r, keys)
+    games = add_games_by_id(r, keys, 3, seed=0)
+    wait_for_examples_to_settle()
+    flag = tmp_path / "stopped"
+    faulty = procs.start(
+        "gpu-faulty",
+        [sys.executable, "tests/faults.py", point, str(flag), "-A", "hexz_tasks", "worker",
+         "-Q", "gpu", "-n", "gpu@%h", "-c", "1", "-l", "INFO"],
+        env,
+    )  # fmt: skip
+    app = make_app(settings)
+    app.send_task(TRAIN_TASK)
+    wait_for(flag.exists, 90, f"the trainer at the {point} point")
+
+    # Where the kill lands, proven from the outside:
+    temps = [p for p in repo.checkpoints_dir.iterdir() if p.name.startswith(".tmp-1-")]
+    if point == "drain":  # a chunk on disk, Redis not trimmed yet
+        assert copies_on_disk(repo, games) == {gid: {1} for gid in games}
+        assert r.xlen(keys.examples_stream) == 3 and counters(r, keys)["pending"] > 0
+        assert temps == []
+    else:  # every file of checkpoint 1 written, not renamed into place
+        assert len(temps) == 1 and {"model.pt", "scriptmodule.pt", "stats.json"} <= {
+            f.name for f in temps[0].iterdir()
+        }
+        assert r.xlen(keys.examples_stream) == 0
+    faulty.kill_group(signal.SIGKILL)
+    faulty.popen.wait(10)
+    assert repo.checkpoints() == [0] and latest_published(r, keys) == 0
+
+    # Self-play goes on; a new trainer comes and trains checkpoint 1 from all of it.
+    games.update(add_games_by_id(r, keys, 2, seed=1))
+    wait_for_examples_to_settle()
+    procs.worker("gpu", "gpu", env)
+    wait_for(lambda: not r.exists(keys.training_lock), LOCK_TTL_S + 5, "the lock to expire")
+    wait_for(lambda: app.send_task(TRAIN_TASK).get(timeout=120)["trained"], 180, "checkpoint 1")
+    assert repo.checkpoints() == [0, 1] and latest_published(r, keys) == 1
+    assert copies_on_disk(repo, games) == {gid: {1} for gid in games}  # each game once
+    assert r.xlen(keys.examples_stream) == 0 and counters(r, keys)["pending"] == 0
+    total = sum(len(ks) for ks in games.values())
+    assert repo.load_stats(1)["examples_total"] == total == counters(r, keys)["examples"]
+    assert not [p for p in repo.checkpoints_dir.iterdir() if p.name.startswith(".tmp")]
+    app.close()
 
 
 # ---------------------------------------------------------------------- self-play
