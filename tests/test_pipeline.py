@@ -356,6 +356,40 @@ def test_selfplay_pool_process_killed_mid_slice_stores_no_game_twice_and_loses_o
     app.close()
 
 
+def test_a_task_that_keeps_killing_its_worker_is_dropped_after_the_delivery_cap(
+    redis_server: RedisServer, tmp_path: Path, procs: Procs
+) -> None:
+    """Each delivery of the slice dies with its pool process (SIGKILL, as an OOM kill
+    would): it comes back at once (reject on worker loss) until it was delivered
+    task_max_deliveries times; the next delivery is dropped without running."""
+    env, settings, r, keys = setup(redis_server, tmp_path, selfplay_slice_s=20)
+    publish_checkpoint_0(settings, r, keys)
+    worker = procs.worker("selfplay", "selfplay", env)
+    wait_for(lambda: selfplay_worker_ready(r, keys), 60, "the selfplay worker")
+    app = make_app(settings)
+    app.send_task(SELFPLAY_TASK, args=[20, 0], task_id="poison")
+    cap = settings.task_max_deliveries
+    pids: list[int] = []
+
+    def running_in_a_new_process() -> int | None:
+        entry = r.hget(keys.selfplay_running, "poison")
+        pid = json.loads(entry)["pid"] if entry else None
+        return pid if pid not in pids else None
+
+    for delivery in range(1, cap + 1):
+        pid = wait_for(running_in_a_new_process, 90, f"delivery {delivery} running")
+        assert int(r.get(keys.task_attempts("poison"))) == delivery
+        os.kill(pid, signal.SIGKILL)
+        pids.append(pid)
+    rejected = f"selfplay[poison]: delivered {cap + 1} times, more than the cap of {cap}"
+    wait_for(lambda: rejected in worker.log(), 90, "the delivery past the cap to be dropped")
+    time.sleep(2)  # a delivery that ran anyway would show in the registry by now
+    assert running_in_a_new_process() is None and len(set(pids)) == cap
+    assert int(r.get(keys.task_attempts("poison"))) == cap + 1
+    assert r.llen(keys.queue(SELFPLAY_QUEUE)) == 0 and r.hlen(keys.unacked) == 0
+    app.close()
+
+
 def test_redis_restart_during_a_run_loses_no_acknowledged_example_and_workers_reconnect(
     redis_server: RedisServer, tmp_path: Path, procs: Procs
 ) -> None:
