@@ -151,9 +151,11 @@ def import_files(paths: Iterable[Path], store: ExampleStore) -> tuple[int, list[
 
 def import_archives(paths: Sequence[Path], settings: Settings) -> int:
     """`hexz import`: exit status 0, or 1 if any file was rejected."""
+    # Not waiting for the trainer: an import may come first, into a Redis it has not set up.
     store = ExampleStore.for_producer(
-        settings, connect(settings), Keys(settings.key_prefix), full_wait_s=30.0
-    )
+        settings, connect(settings), Keys(settings.key_prefix), full_wait_s=30.0,
+        wait_for_trainer=False,
+    )  # fmt: skip
     with progress.bar(len(paths), "import", unit="file", iterable=paths) as shown:
         added, errors = import_files(shown, store)
     for e in errors:

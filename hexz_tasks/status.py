@@ -162,6 +162,8 @@ def print_status(settings: Settings) -> int:
     line = f"training:    {training['runs']} run(s)"
     if training["active"]:
         line += f", training from checkpoint {training['active'].get('checkpoint')} now"
+        if training["active"].get("estimate_s") is not None:
+            line += f" (estimated {training['active']['estimate_s'] / 60:.0f} min)"
     last = training["last_run"]
     if last:
         line += f"; last made checkpoint {last.get('checkpoint')} in {last.get('seconds', '?')} s"

@@ -80,14 +80,18 @@ class TrainingHeartbeat:
             try:
                 self.lock.reacquire()
                 self.r.pexpire(self.keys.training_active, int(LOCK_TTL_S * 1000))
-                if self.on_beat is not None:
-                    self.on_beat()
             except redis.exceptions.LockError:
                 log.error("lost the training lock: this training will not be published")
                 self.lost = True
                 return
             except redis.RedisError as e:
                 log.warning("training heartbeat: %s", e)
+                continue
+            if self.on_beat is not None:
+                try:
+                    self.on_beat()
+                except Exception as e:  # never let it stop the refreshes
+                    log.warning("training heartbeat: %s", e)
 
 
 def restore_trainer_state(settings: Settings, r: redis.Redis, keys: Keys, repo: Any) -> int:
@@ -117,9 +121,10 @@ def rebase_store(store: ExampleStore, repo: ModelRepository, dataset: Dataset) -
     changed = store.rebase(watermark, total)
     if changed["raised_stream_id"] or changed["rebased_counters"]:
         log.warning(
-            "Redis had lost writes the trainer had seen (it came back empty or from an older "
-            "AOF): %s the example stream, %s; the trainer's disk holds examples up to "
-            "stream id %s, checkpoint %d was trained at %d examples",
+            "Redis lacks writes the trainer had seen (it came back empty or from an older "
+            "AOF, or this is the first tick after an upgrade): %s the example stream, %s; "
+            "the trainer's disk holds examples up to stream id %s, checkpoint %d was "
+            "trained at %d examples",
             "created" if changed["created_stream"] else "raised the last id of",
             "re-based the counters" if changed["rebased_counters"] else "counters fine",
             watermark,
