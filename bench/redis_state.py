@@ -2,9 +2,9 @@
 be usable again (issue 16). Private redis-servers with the project's configuration.
 
 1. Bytes per game: games of the real engine (tests/synthetic.py) stored the way
-   self-play stores them (ExampleStore.add_game), then drained by the trainer; what
-   stays of a drained game is its done marker. Redis' used_memory before, while they
-   wait, and after the drain, per game; then the markers a fleet storing
+   self-play stores them (ExampleStore.add_game), Redis' used_memory per game while
+   they wait for the trainer; what stays of a drained game is its done marker, measured
+   on its own (100,000 of them); then the markers a fleet storing
    --games-per-s (17: the issue's big fleet) keeps with their lifetime before this
    change (a week) and now (HEXZ_DONE_MARKER_TTL_S).
 2. Restart: a Redis holding those markers (for each lifetime) and a full store
@@ -37,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.private_redis import RedisProcess
 from hexz_tasks import codec
-from hexz_tasks.dataset import Dataset
 from hexz_tasks.keys import Keys
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
@@ -51,8 +50,10 @@ def used(r: redis.Redis) -> int:
     return int(r.info("memory")["used_memory"])
 
 
-def bytes_per_game(tmp: Path, n_games: int) -> dict[str, float]:
-    """Redis memory per game while it waits for the trainer and after the drain."""
+def bytes_per_game(tmp: Path, n_games: int, n_markers: int) -> dict[str, float]:
+    """Redis memory per game while it waits for the trainer (the real add path), and per
+    done marker, which is all that stays of a drained game (`n_markers` of them written
+    as the store's script writes them, so that buffers do not blur the figure)."""
     server = RedisProcess(tmp / "bytes")
     server.start()
     try:
@@ -65,16 +66,16 @@ def bytes_per_game(tmp: Path, n_games: int) -> dict[str, float]:
         examples = 0
         for i in range(n_games):
             examples += store.add_game(f"{process}:{i}", games[i % len(games)])
-        waiting = used(r)
-        store.drain(Dataset(tmp / "dataset"))
-        drained = used(r)
-        marker = r.memory_usage(KEYS.game_done(f"game:{process}:0"))
+        waiting = (used(r) - base) / n_games
+        r.flushall()  # a private server
+        base = used(r)
+        fill(r, n_markers, int(Settings().done_marker_ttl_s), 0)
         return {
             "games": n_games,
             "examples_per_game": round(examples / n_games, 1),
-            "bytes_per_game_waiting": round((waiting - base) / n_games, 1),
-            "bytes_per_game_drained": round((drained - base) / n_games, 1),
-            "marker_memory_usage": marker,
+            "bytes_per_game_waiting": round(waiting, 1),
+            "bytes_per_marker": round((used(r) - base) / n_markers, 1),
+            "marker_memory_usage": r.memory_usage(r.randomkey()) or 0,
         }
     finally:
         server.stop()
@@ -138,9 +139,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"quick": args.quick, "games_per_s": args.games_per_s}
     with tempfile.TemporaryDirectory(prefix="hexz-redis-state-") as d:
         tmp = Path(d)
-        per_game = bytes_per_game(tmp, 500 if args.quick else 5000)
+        per_game = bytes_per_game(tmp, 500 if args.quick else 5000, 100_000)
         out.update(per_game)
-        marker = per_game["bytes_per_game_drained"]
+        marker = per_game["bytes_per_marker"]
         for label, ttl in (("before", WEEK_S), ("after", ttl_after)):
             n = int(args.games_per_s * ttl)
             out[f"markers_{label}"] = n
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out.update({f"restart_{label}_{k}": v for k, v in result.items()})
     print(
         f"per game: {out['bytes_per_game_waiting']:.0f} bytes while it waits for the trainer, "
-        f"{out['bytes_per_game_drained']:.0f} after the drain (its done marker); at "
+        f"{out['bytes_per_marker']:.0f} after the drain (its done marker); at "
         f"{args.games_per_s:g} games/s the markers take {out['marker_mb_before']:.0f} MB with "
         f"a week's lifetime, {out['marker_mb_after']:.1f} MB with {ttl_after} s"
     )
