@@ -190,13 +190,19 @@ class WorkerRegistry(bootsteps.StartStopStep):
 
 
 class Scheduler(PersistentScheduler):
-    """Beat's scheduler: the persistent default, plus the self-play feeder run in place."""
+    """Beat's scheduler: the persistent default, plus the self-play feeder run in place,
+    and no training tick sent while a training runs (it may run for hours: its ticks
+    would only pile up in the gpu queue and expire there)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(*args, **kwargs)
 
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any):
+        if entry.task == TRAIN_TASK and _training_runs():
+            if advance:
+                self.reserve(entry)
+            return None
         if entry.task != FEED_ENTRY:
             return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
         if advance:
@@ -209,6 +215,14 @@ class Scheduler(PersistentScheduler):
         if sent:
             log.info("self-play feeder: queued %d task(s)", sent)
         return None
+
+
+def _training_runs() -> bool:
+    """Whether a trainer holds Keys.training_active (False if Redis does not answer)."""
+    try:
+        return bool(redis_client().exists(keys.training_active))
+    except Exception:  # e.g. Redis restarting: send the tick, the worker sorts it out
+        return False
 
 
 def _flower_defaults(settings: Settings) -> None:

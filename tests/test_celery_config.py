@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from conftest import REPO_ROOT, TEST_PREFIX, RedisServer, free_port, tiny_env, wait_for
+from conftest import REPO_ROOT, TEST_PREFIX, Procs, RedisServer, free_port, tiny_env, wait_for
 from honcho.environ import parse_procfile
 from synthetic import game_columns
 
@@ -375,6 +375,20 @@ def test_feeder_queues_nothing_while_the_store_is_nearly_full(
     r.hset(keys.counters, "pending", 40)  # room for it: slices run and store it first
     assert feed_selfplay_queue(app, r, keys, settings) == 4
     app.close()
+
+
+def test_beat_sends_no_training_tick_while_a_training_runs(
+    redis_server: RedisServer, redis_client: redis.Redis, test_keys: Keys, tmp_path: Path,
+    procs: Procs,
+) -> None:  # fmt: skip
+    """A training may run for hours: its ticks would only pile up in the gpu queue."""
+    r, keys = redis_client, test_keys
+    r.set(keys.training_active, json.dumps({"checkpoint": 0}), ex=120)
+    procs.celery("beat", ["beat", "-l", "INFO"], tiny_env(redis_server.url, tmp_path))
+    time.sleep(6)  # six ticks of HEXZ_TRAINING_CHECK_INTERVAL_S
+    assert r.llen(keys.queue(GPU_QUEUE)) == 0
+    r.delete(keys.training_active)  # the training ended: ticks come again
+    wait_for(lambda: r.llen(keys.queue(GPU_QUEUE)) >= 2, 20, "training ticks")
 
 
 # ------------------------------------------------------------------------- status
