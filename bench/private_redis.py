@@ -21,31 +21,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_redis(port: int, timeout: float = 30.0) -> None:
-    probe = redis.Redis(port=port, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if probe.ping():
-                return
-        except (redis.ConnectionError, redis.BusyLoadingError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"redis-server on port {port} did not start")
-        time.sleep(0.2)
+class RedisProcess:
+    """A redis-server on a free port with its files (AOF) in `data_dir`; it can be killed
+    and started again on the same port and files."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 600.0) -> float:
+        """Starts it; returns the seconds until it answered PING (its AOF loaded)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            server_command(self.port, self.data_dir),
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        probe = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        while True:
+            try:
+                if probe.ping():
+                    return time.monotonic() - started
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                pass
+            if self.proc.poll() is not None or time.monotonic() - started > timeout:
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: only what its AOF holds survives."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(20)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
 
 
 @contextmanager
 def private_redis(data_dir: Path) -> Iterator[str]:
     """Runs a redis-server with its files in `data_dir`; yields its URL."""
-    port = free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        server_command(port, data_dir), stdout=subprocess.DEVNULL, start_new_session=True
-    )
+    server = RedisProcess(data_dir)
+    server.start(timeout=30)
     try:
-        wait_for_redis(port)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(20)
+        server.stop()

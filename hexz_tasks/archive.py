@@ -31,7 +31,7 @@ from hexz_tasks.layout import WIRE_CELL_TYPE_FLAG, policy_index
 from hexz_tasks.redis_server import connect
 from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
-from hexz_tasks.store import ExampleStore
+from hexz_tasks.store import IMPORT_DONE_TTL_S, ExampleStore
 from hexz_tasks.validation import validate_examples
 
 # Examples per store entry when importing (one Redis stream entry each).
@@ -122,7 +122,7 @@ def import_files(paths: Iterable[Path], store: ExampleStore) -> tuple[int, list[
     """Adds each valid archive to the store; returns (examples added, error messages).
 
     Idempotent: batches are keyed by the file's content hash, so importing a file twice
-    adds it once.
+    (within store.IMPORT_DONE_TTL_S) adds it once.
     """
     added, errors = 0, []
     for path in paths:
@@ -141,14 +141,21 @@ def import_files(paths: Iterable[Path], store: ExampleStore) -> tuple[int, list[
         for i, start in enumerate(range(0, n, IMPORT_BATCH)):
             part = codec.take_rows(cols, np.arange(start, min(n, start + IMPORT_BATCH)))
             added += store.add_encoded(
-                f"import:{digest}:{i}", codec.num_rows(part), codec.to_blob(part)
+                f"import:{digest}:{i}",
+                codec.num_rows(part),
+                codec.to_blob(part),
+                done_ttl_s=IMPORT_DONE_TTL_S,
             )
     return added, errors
 
 
 def import_archives(paths: Sequence[Path], settings: Settings) -> int:
     """`hexz import`: exit status 0, or 1 if any file was rejected."""
-    store = ExampleStore(connect(settings), Keys(settings.key_prefix))
+    # Not waiting for the trainer: an import may come first, into a Redis it has not set up.
+    store = ExampleStore.for_producer(
+        settings, connect(settings), Keys(settings.key_prefix), full_wait_s=30.0,
+        wait_for_trainer=False,
+    )  # fmt: skip
     with progress.bar(len(paths), "import", unit="file", iterable=paths) as shown:
         added, errors = import_files(shown, store)
     for e in errors:

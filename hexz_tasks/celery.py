@@ -46,7 +46,7 @@ from hexz_tasks.queues import (
     TRAIN_TASK,
 )
 from hexz_tasks.redis_server import WORKER_TIMEOUT_S, connect, redis_url
-from hexz_tasks.settings import Settings
+from hexz_tasks.settings import SOFT_LIMIT_FRACTION, Settings
 from hexz_tasks.worker_registry import WORKER_REFRESH_S, forget_dead_local_tasks
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting of the project, derived from `settings`."""
     url = redis_url(settings)
     hard = settings.task_time_limit_s
+    # Every key of Celery's under this pipeline's prefix: two pipelines on one Redis
+    # never see each other's queues, messages or results (hexz_tasks.keys).
+    prefixed = {"global_keyprefix": Keys(settings.key_prefix).celery_prefix}
     visibility = {"visibility_timeout": settings.visibility_timeout_s}
     tick = settings.training_check_interval_s
     conf: dict[str, Any] = {
@@ -76,10 +79,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_time_limit": hard,
-        "task_soft_time_limit": 0.9 * hard,
+        "task_soft_time_limit": SOFT_LIMIT_FRACTION * hard,
         # The visibility timeout, in the three places the Redis transport reads it.
         "broker_transport_options": {
             **visibility,
+            **prefixed,
             # Sweep for messages of vanished workers every 1/20 of the timeout (kombu's
             # default is every 100 s), so they come back soon after it.
             "unacked_restore_interval": max(1, int(settings.visibility_timeout_s / 20)),
@@ -92,7 +96,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_socket_timeout": WORKER_TIMEOUT_S,
         "redis_socket_connect_timeout": 5,
         "redis_socket_keepalive": True,
-        "result_backend_transport_options": visibility,
+        "result_backend_transport_options": {**visibility, **prefixed},
         "visibility_timeout": settings.visibility_timeout_s,
         "result_expires": 24 * 3600,
         "result_backend_always_retry": True,
@@ -186,13 +190,19 @@ class WorkerRegistry(bootsteps.StartStopStep):
 
 
 class Scheduler(PersistentScheduler):
-    """Beat's scheduler: the persistent default, plus the self-play feeder run in place."""
+    """Beat's scheduler: the persistent default, plus the self-play feeder run in place,
+    and no training tick sent while a training runs (it may run for hours: its ticks
+    would only pile up in the gpu queue and expire there)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(*args, **kwargs)
 
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any):
+        if entry.task == TRAIN_TASK and _training_runs():
+            if advance:
+                self.reserve(entry)
+            return None
         if entry.task != FEED_ENTRY:
             return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
         if advance:
@@ -205,6 +215,14 @@ class Scheduler(PersistentScheduler):
         if sent:
             log.info("self-play feeder: queued %d task(s)", sent)
         return None
+
+
+def _training_runs() -> bool:
+    """Whether a trainer holds Keys.training_active (False if Redis does not answer)."""
+    try:
+        return bool(redis_client().exists(keys.training_active))
+    except Exception:  # e.g. Redis restarting: send the tick, the worker sorts it out
+        return False
 
 
 def _flower_defaults(settings: Settings) -> None:

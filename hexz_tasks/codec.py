@@ -259,6 +259,10 @@ def from_engine(raw: Columns, model_name: str | None) -> Columns:
     }
 
 
+# The unused high bits of a packed mask's last byte (little bit order).
+_MASK_PADDING = (0xFF << (POLICY_SIZE - 8 * (MASK_BYTES - 1))) & 0xFF
+
+
 def _entry_counts(cols: Columns, n: int) -> dict[str, int | None]:
     """Entries each kind of column must have (None: not derivable from these columns)."""
     counts: dict[str, int | None] = {"row": n, "bytes": None, "float": None}
@@ -289,6 +293,10 @@ def check(cols: Columns, what: str, complete: bool = True) -> Columns:
             raise FormatError(f"{what}: column {name} has shape {a.shape}")
     if "depth_len" in cols and (cols["depth_len"] < 0).any():
         raise FormatError(f"{what}: negative depth_len")
+    if "mask" in cols and len(cols["mask"]) and (cols["mask"][:, -1] & _MASK_PADDING).any():
+        # Counted by mask_popcount, dropped by unpack_masks: the ragged columns would
+        # not line up with the moves.
+        raise FormatError(f"{what}: mask has bits set beyond the {POLICY_SIZE} moves")
     n = len(cols["result"])
     entries = _entry_counts(cols, n)
     for name, a in cols.items():

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +40,13 @@ from hexz_tasks.layout import CELLS, GRASS_BYTES, MASK_BYTES, MASK_SHAPE, POLICY
 __all__ = ["Batch", "Chunk", "Dataset", "Window"]
 
 _CHUNK_RE = re.compile(r"^chunk-(\d{8})-(\d{8})-(\d+)(?:\.v(\d+))?\.npz$")
+_STREAM_ID_RE = re.compile(r"\d{1,20}-\d{1,20}")
+# What reading a damaged chunk file raises (a JSON or UTF-8 error is a ValueError, an
+# unparsable .npy header a SyntaxError or TokenError).
+_READ_ERRORS = (
+    OSError, ValueError, KeyError, EOFError, SyntaxError, TokenError, zipfile.BadZipFile,
+    zlib.error,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -49,9 +58,29 @@ class Chunk:
     version: int = codec.FORMAT_VERSION
 
     def meta(self) -> dict:
-        codec.check_version(self.version, f"example chunk {self.path}")
-        with np.load(self.path, allow_pickle=False) as z:
-            return json.loads(z["meta"].tobytes().decode())
+        """{"last_stream_id", "timestamp", ...}; FormatError naming the file if corrupt."""
+        what = f"example chunk {self.path}"
+        codec.check_version(self.version, what)
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                meta = json.loads(_array(z, "meta").tobytes().decode())
+            stream_id, timestamp = meta["last_stream_id"], meta["timestamp"]
+        except (*_READ_ERRORS, TypeError) as e:
+            raise codec.FormatError(f"corrupt {what}: {e}") from e
+        if not isinstance(timestamp, str) or not (
+            stream_id is None or (isinstance(stream_id, str) and _STREAM_ID_RE.fullmatch(stream_id))
+        ):
+            raise codec.FormatError(f"corrupt {what}: meta {str(meta)[:200]}")
+        return meta
+
+
+def _array(npz: Any, name: str) -> np.ndarray:
+    """Member `name` of an open .npz; ValueError if it is not an array (np.load hands out
+    such a member as raw bytes)."""
+    value = npz[name]
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{name} is not an array")
+    return value
 
 
 class _Part:
@@ -210,8 +239,8 @@ class Dataset:
                     names = [k for k in z.files if k != "meta"]
                 else:
                     names = codec.stored_names(chunk.version, columns)
-                cols = {k: z[k] for k in names}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                cols = {k: _array(z, k) for k in names}
+        except _READ_ERRORS as e:
             raise codec.FormatError(f"corrupt {what}: {e}") from e
         return codec.upgrade(cols, chunk.version, what, complete=columns is None)
 

@@ -64,7 +64,7 @@ def feed_selfplay_queue(app: Any, r: redis.Redis, keys: Keys, settings: Settings
     stale = [t for t, v in running.items() if now - json.loads(v)["started"] > longest]
     if stale:
         r.hdel(keys.selfplay_running, *stale)
-    missing = 2 * processes - r.llen(SELFPLAY_QUEUE) - (len(running) - len(stale))
+    missing = 2 * processes - r.llen(keys.queue(SELFPLAY_QUEUE)) - (len(running) - len(stale))
     for _ in range(max(0, missing)):
         app.send_task(SELFPLAY_TASK, args=[settings.selfplay_slice_s, 0])
     return max(0, missing)

@@ -2,6 +2,9 @@
 
 All keys start with the configured prefix (HEXZ_KEY_PREFIX, default "hexz") so that
 several runs, and the tests, can share one Redis without touching each other's data.
+Celery's own keys (its queues, unacknowledged messages, results) live under
+:attr:`Keys.celery_prefix` (kombu's ``global_keyprefix``): a worker's ``-Q selfplay``
+names the queue, Redis holds it at ``<prefix>:celery:selfplay``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,18 @@ class Keys:
         return f"{self.prefix}:training:runs"
 
     @property
+    def training_budget(self) -> str:
+        """JSON of the newest estimate of a training run's time against its time limit
+        (hexz_tasks.training_budget): ok, warning, refused, timed out or unknown."""
+        return f"{self.prefix}:training:budget"
+
+    @property
+    def training_timeout(self) -> str:
+        """JSON {"samples", "seconds", "limit_s", "device", "checkpoint", "time"} of the
+        newest training that hit its time limit."""
+        return f"{self.prefix}:training:timeout"
+
+    @property
     def events_channel(self) -> str:
         """Pub/sub channel of JSON events {"event": "training_started" | "training_done", ...}."""
         return f"{self.prefix}:events"
@@ -83,6 +98,21 @@ class Keys:
     def rates(self) -> str:
         """Hash "<unix minute>:games" / "<unix minute>:examples" -> count, for rates."""
         return f"{self.prefix}:stats:per_minute"
+
+    # --- Celery's keys (hexz_tasks.celery sets them as kombu's global_keyprefix) ---
+    @property
+    def celery_prefix(self) -> str:
+        """Prefix of every key of Celery's broker and result backend."""
+        return f"{self.prefix}:celery:"
+
+    def queue(self, name: str) -> str:
+        """The Redis list that holds Celery queue `name` (hexz_tasks.queues)."""
+        return self.celery_prefix + name
+
+    @property
+    def unacked(self) -> str:
+        """Hash of the messages delivered to workers and not yet acknowledged."""
+        return self.celery_prefix + "unacked"
 
     # --- arena ---
     @property

@@ -1,4 +1,5 @@
-"""Names of the Celery queues, tasks and beat entries.
+"""Names of the Celery queues, tasks and beat entries (Redis holds a queue at
+Keys.queue(name), under the pipeline's HEXZ_KEY_PREFIX).
 
 Plain constants, so that the plain modules (the feeder, `hexz status`) can name a queue
 without importing the Celery app.

@@ -50,7 +50,7 @@ from hexz_tasks.rates import record_game
 from hexz_tasks.selfplay import GameRecord, make_driver
 from hexz_tasks.settings import Settings
 from hexz_tasks.stop_flag import slice_running, stop_requested
-from hexz_tasks.store import ExampleStore, StoreFullError
+from hexz_tasks.store import ExampleStore, StoreFullError, StoreNotReadyError
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,7 @@ class SelfPlayProcess:
         """Advances the games for `budget_s` seconds (or until `max_games` > 0 games were
         stored); returns a summary of the slice."""
         deadline = time.monotonic() + budget_s
-        store = ExampleStore(
-            r, keys, max_pending=self.settings.max_pending_examples, full_wait_s=0.0
-        )
+        store = ExampleStore.for_producer(self.settings, r, keys, full_wait_s=0.0)
         out: dict[str, Any] = {"process": self.id, "stored": 0, "examples": 0, "batches": 0}
         batches0 = self.batches
         with slice_running():
@@ -162,16 +160,17 @@ class SelfPlayProcess:
             game = self.unstored[0]
             try:
                 added = store.add_game(self.game_id(game), game.columns)
-            except StoreFullError:
+            except StoreFullError as e:  # or not set up by the trainer yet
                 if time.monotonic() + delay > deadline or stop_requested():
                     return False
-                if self.state != "store full":
+                state = "store not ready" if isinstance(e, StoreNotReadyError) else "store full"
+                if self.state != state:
                     log.warning(
-                        "example store full: keeping %d finished game(s) and pausing until "
-                        "the trainer drains it",
+                        "%s: keeping %d finished game(s) and pausing until the trainer makes room",
+                        e,
                         len(self.unstored),
                     )
-                self.state = "store full"
+                self.state = state
                 self._heartbeat(r, keys)
                 _sleep(delay)
                 delay = min(2 * delay, STORE_RETRY_MAX_S)

@@ -37,6 +37,9 @@ FOREIGN_VARIABLES = frozenset({"HEXZ_TRAINING_SERVER_ADDR"})
 # How long a self-play slice may run past its budget: its last batch, storing the games
 # that batch finished, a model swap (building an evaluator takes seconds).
 SLICE_OVERRUN_S = 30.0
+# Celery's soft time limit of a task, as a share of its hard limit: the task gets
+# SoftTimeLimitExceeded there, and is killed at the hard limit.
+SOFT_LIMIT_FRACTION = 0.9
 # A pessimistic CPU speed for one self-play process (one thread): a twentieth of what
 # ONNX Runtime reached on one core of the 2-core development machines (conv2d 5x128:
 # 66 M multiply-accumulates per evaluation at 500-1,400 evaluations/s).
@@ -156,12 +159,34 @@ class Settings:
     # each): producers refuse to store beyond it, and the self-play feeder stops queueing
     # slices once the store is near it.
     max_pending_examples: int = 1_000_000
-    # Hard time limit of one Celery task (a training run, an evaluation tick, a self-play
-    # slice); the soft limit is 90 % of it. Must stay below visibility_timeout_s. Sized
-    # for training: a slice ends by its own budget long before it.
+    # Lifetime of a done marker (one Redis key per stored game or gRPC batch, ~130 bytes).
+    # It only has to outlive a retried write of the same game or request, as a game id is
+    # unique to its game: the Redis client retries a write for minutes at most, a process
+    # retries a game the store did not acknowledge in its next slice, a gRPC worker
+    # resends a failed request. An hour covers these with room for a Redis restart (the
+    # expiry runs on the wall clock); at ~17 games/s its markers take ~8 MB (a week's:
+    # ~1.4 GB).
+    done_marker_ttl_s: float = 3600.0
+    # Seconds a producer waits for Redis to fsync each stored game or batch to its AOF
+    # (WAITAOF, Redis >= 7.2; an older Redis is used without waiting). 0: no wait.
+    wait_aof_s: float = 0.0
+    # Hard time limit of one Celery task other than training (an evaluation tick, an
+    # arena match, a self-play slice, which ends by its own budget long before it); the
+    # soft limit is 90 % of it.
     task_time_limit_s: float = 3600.0
-    # Seconds after which Redis redelivers a task whose worker vanished without an ack.
-    visibility_timeout_s: float = 3900.0
+    # Hard time limit of one training run (soft at 90 %). A run's time grows with its
+    # window: at the spec's defaults on a CPU (~150 samples/s for 5x128 on 2 cores) a full
+    # window (2**20 examples x 7 epochs) takes ~14 hours, so a day leaves room for a
+    # slower machine; the training tick refuses a run estimated to pass the soft limit
+    # (hexz_tasks.training_budget), and says so.
+    training_time_limit_s: float = 86400.0
+    # Seconds after which Redis redelivers a task whose worker vanished without an ack;
+    # above both time limits, so a running task is never delivered twice. What a long one
+    # costs: the message of a worker that vanished (its host died) comes back late, which
+    # for the short tasks is harmless: the feeder replaces a lost self-play slice after
+    # its budget, training and evaluation ticks expire, and a task whose pool process
+    # dies is requeued at once (reject on worker loss).
+    visibility_timeout_s: float = 90000.0
     # Deliveries of one task (first run + redeliveries after a lost worker) before it is dropped.
     task_max_deliveries: int = 3
     # A TorchScript file the CPU player uses instead of the newest checkpoint.
@@ -287,10 +312,19 @@ class Settings:
                 f"HEXZ_DEVICE must be cpu, cuda, cuda:N or mps, got {self.device!r}"
             )
         parse_lr_schedule(self.lr_schedule)
-        if not 0 < self.task_time_limit_s < self.visibility_timeout_s:
+        for name in ["task_time_limit_s", "training_time_limit_s"]:
+            if not 0 < getattr(self, name) < self.visibility_timeout_s:
+                raise SettingsError(
+                    f"{_var(name)} must be positive and below HEXZ_VISIBILITY_TIMEOUT_S, "
+                    f"got {getattr(self, name)} and {self.visibility_timeout_s}"
+                )
+        if self.wait_aof_s < 0:
+            raise SettingsError(f"HEXZ_WAIT_AOF_S must be >= 0, got {self.wait_aof_s}")
+        if self.done_marker_ttl_s < self.selfplay_slice_s + SLICE_OVERRUN_S:
             raise SettingsError(
-                "HEXZ_TASK_TIME_LIMIT_S must be positive and below HEXZ_VISIBILITY_TIMEOUT_S, "
-                f"got {self.task_time_limit_s} and {self.visibility_timeout_s}"
+                f"HEXZ_DONE_MARKER_TTL_S ({self.done_marker_ttl_s:g}) must outlive a retried "
+                f"write: at least a self-play slice (HEXZ_SELFPLAY_SLICE_S "
+                f"{self.selfplay_slice_s:g}) plus {SLICE_OVERRUN_S:g} s"
             )
         self._validate_slices()
         if self.task_max_deliveries < 1:
@@ -349,7 +383,7 @@ class Settings:
         """Refuses self-play slices that cannot work: a budget the time limit would cut
         off, or one shorter than a single batch of games_in_flight evaluations at a
         pessimistic CPU speed (a slice always plays at least one batch)."""
-        if self.selfplay_slice_s + SLICE_OVERRUN_S > 0.9 * self.task_time_limit_s:
+        if self.selfplay_slice_s + SLICE_OVERRUN_S > SOFT_LIMIT_FRACTION * self.task_time_limit_s:
             raise SettingsError(
                 f"HEXZ_SELFPLAY_SLICE_S ({self.selfplay_slice_s:g}) plus {SLICE_OVERRUN_S} s "
                 "for its last batch must stay below the soft time limit, 90 % of "

@@ -14,6 +14,7 @@ from hexz_tasks.queues import EVAL_QUEUE, GPU_QUEUE, SELFPLAY_QUEUE
 from hexz_tasks.rates import recent_rates
 from hexz_tasks.redis_server import connect, masked_url, redis_url
 from hexz_tasks.settings import Settings
+from hexz_tasks.training_budget import OK, UNKNOWN, stored_budget
 from hexz_tasks.worker_registry import live_progress, live_workers
 
 RATE_MINUTES = 10
@@ -71,10 +72,11 @@ def gather_status(
         "active": json.loads(active) if active else None,
         "runs": runs,
         "last_run": json.loads(last) if last else None,
+        "budget": stored_budget(r, keys),
     }
 
     running = {k.decode(): json.loads(v) for k, v in r.hgetall(keys.selfplay_running).items()}
-    out["queues"] = {q: r.llen(q) for q in (SELFPLAY_QUEUE, GPU_QUEUE, EVAL_QUEUE)}
+    out["queues"] = {q: r.llen(keys.queue(q)) for q in (SELFPLAY_QUEUE, GPU_QUEUE, EVAL_QUEUE)}
     out["selfplay_running"] = len(running)
 
     workers = live_workers(r, keys, now)
@@ -160,10 +162,16 @@ def print_status(settings: Settings) -> int:
     line = f"training:    {training['runs']} run(s)"
     if training["active"]:
         line += f", training from checkpoint {training['active'].get('checkpoint')} now"
+        if training["active"].get("estimate_s") is not None:
+            line += f" (estimated {training['active']['estimate_s'] / 60:.0f} min)"
     last = training["last_run"]
     if last:
         line += f"; last made checkpoint {last.get('checkpoint')} in {last.get('seconds', '?')} s"
     print(line)
+    budget = training["budget"]
+    if budget is not None and budget["level"] != UNKNOWN:
+        label = "time limit:" if budget["level"] == OK else "WARNING:   "
+        print(f"{label}  {budget['message']}")
     print(
         "queues:      "
         + ", ".join(f"{q} {n} waiting" for q, n in s["queues"].items())

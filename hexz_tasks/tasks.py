@@ -18,12 +18,14 @@ import logging
 import typing
 from typing import Any
 
+import redis
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from hexz_tasks.celery import SELFPLAY_TASK, TRAIN_TASK, app, redis_client
 from hexz_tasks.celery import keys as app_keys
 from hexz_tasks.celery import settings as app_settings
+from hexz_tasks.settings import SOFT_LIMIT_FRACTION
 from hexz_tasks.training_tick import run_training_tick
 from hexz_tasks.worker_registry import running_task
 
@@ -37,7 +39,10 @@ class HexzTask(Task):
 
     A message whose arguments do not fit the task's signature is rejected (logged, not
     requeued, nothing runs). Each delivery is counted in Keys.task_attempts; past
-    ``task_max_deliveries`` (a task that keeps killing its worker) it is dropped.
+    ``task_max_deliveries`` (a task that keeps killing its worker) it is dropped. A task
+    that ends here (returns or raises, and so is acknowledged) deletes its counter: only
+    the counters of killed deliveries wait for their expiry, which the long visibility
+    timeout makes days.
     """
 
     acks_late = True
@@ -66,6 +71,13 @@ class HexzTask(Task):
                 deliveries = p.execute()[0]
             if deliveries > cap:
                 _reject(self, f"delivered {deliveries} times, more than the cap of {cap}")
+            try:
+                return self.run(*args, **kwargs)
+            finally:
+                try:
+                    r.delete(key)
+                except redis.RedisError:  # Redis away: the counter expires by itself
+                    pass
         return self.run(*args, **kwargs)
 
 
@@ -91,6 +103,15 @@ def selfplay(self: Task, budget_s: float, max_games: int) -> dict[str, Any]:
         return run_slice(app_settings, r, app_keys, float(budget_s), max_games)
 
 
-@app.task(bind=True, base=HexzTask, name=TRAIN_TASK)
+@app.task(
+    bind=True,
+    base=HexzTask,
+    name=TRAIN_TASK,
+    time_limit=app_settings.training_time_limit_s,
+    soft_time_limit=SOFT_LIMIT_FRACTION * app_settings.training_time_limit_s,
+)
 def train(self: Task) -> dict[str, Any]:
-    return run_training_tick(app_settings, redis_client(), app_keys)
+    """One training tick, under the training's own time limit (HEXZ_TRAINING_TIME_LIMIT_S)."""
+    return run_training_tick(
+        app_settings, redis_client(), app_keys, time_limit_errors=(SoftTimeLimitExceeded,)
+    )

@@ -167,6 +167,7 @@ def tiny_env(redis_url: str, data_dir: Path, **overrides: Any) -> dict[str, str]
         "TRAINING_TRIGGER_THRESHOLD": 100,
         "TRAINING_CHECK_INTERVAL_S": 1,
         "TASK_TIME_LIMIT_S": 60,
+        "TRAINING_TIME_LIMIT_S": 60,
         "VISIBILITY_TIMEOUT_S": 70,
         "INFERENCE_THREADS": 1,
     }

@@ -8,6 +8,7 @@ TrainingExamples (the edge format).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -59,3 +60,18 @@ def game_examples(
 ) -> list[list[hexz_pb2.TrainingExample]]:
     """The games of :func:`game_columns` (same arguments) as NUMPY-encoded examples."""
     return [from_columns(c) for c in game_columns(n_games, seed, **options)]
+
+
+def row_keys(cols: codec.Columns) -> list[bytes]:
+    """One fingerprint per example (board, mask, move, time): compares examples by identity,
+    so a test can tell which games a dataset holds and that it holds each once."""
+    return [
+        hashlib.blake2b(
+            b"".join(
+                cols[name][i].tobytes()
+                for name in ("board_cells", "board_grass", "mask", "move", "unix_micros")
+            ),
+            digest_size=16,
+        ).digest()
+        for i in range(codec.num_rows(cols))
+    ]

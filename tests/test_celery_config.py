@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from conftest import REPO_ROOT, TEST_PREFIX, RedisServer, free_port, tiny_env, wait_for
+from conftest import REPO_ROOT, TEST_PREFIX, Procs, RedisServer, free_port, tiny_env, wait_for
 from honcho.environ import parse_procfile
 from synthetic import game_columns
 
@@ -73,7 +73,9 @@ def test_embedded_redis_is_the_default_url_with_a_generated_password(tmp_path: P
 
 
 def test_reliability_settings_and_limits_below_the_visibility_timeout() -> None:
-    conf = celery_config(settings_for(task_time_limit_s=100, visibility_timeout_s=130))
+    conf = celery_config(
+        settings_for(task_time_limit_s=100, training_time_limit_s=120, visibility_timeout_s=130)
+    )
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["task_soft_time_limit"] < conf["task_time_limit"] == 100
@@ -324,23 +326,23 @@ def test_feeder_keeps_one_slice_waiting_per_selfplay_process(
     app = make_app(settings)
     r, keys = redis_client, test_keys
     assert feed_selfplay_queue(app, r, keys, settings) == 0  # no worker, nothing queued
-    assert r.llen(SELFPLAY_QUEUE) == 0
+    assert r.llen(keys.queue(SELFPLAY_QUEUE)) == 0
 
     now = time.time()
     _register(r, keys, "a@h", [SELFPLAY_QUEUE], 3, now)
     _register(r, keys, "gpu@h", [GPU_QUEUE], 1, now)
     _register(r, keys, "dead@h", [SELFPLAY_QUEUE], 8, now - 3600)
     assert feed_selfplay_queue(app, r, keys, settings) == 6  # 2 x 3 processes
-    assert r.llen(SELFPLAY_QUEUE) == 6
+    assert r.llen(keys.queue(SELFPLAY_QUEUE)) == 6
     assert not r.hexists(keys.workers, "dead@h")  # stale entries are pruned
 
     for _ in range(3):  # ticks while nothing is consumed add nothing
         assert feed_selfplay_queue(app, r, keys, settings) == 0
-    assert r.llen(SELFPLAY_QUEUE) == 6
+    assert r.llen(keys.queue(SELFPLAY_QUEUE)) == 6
 
     # Workers took 3 slices and run them; one more finished: room for one.
     for _ in range(4):
-        r.rpop(SELFPLAY_QUEUE)
+        r.rpop(keys.queue(SELFPLAY_QUEUE))
     for i in range(3):
         r.hset(keys.selfplay_running, f"t{i}", json.dumps({"started": now}))
     assert feed_selfplay_queue(app, r, keys, settings) == 1
@@ -349,7 +351,7 @@ def test_feeder_keeps_one_slice_waiting_per_selfplay_process(
     assert feed_selfplay_queue(app, r, keys, settings) == 1
     assert r.hlen(keys.selfplay_running) == 2
 
-    message = json.loads(r.lindex(SELFPLAY_QUEUE, 0))
+    message = json.loads(r.lindex(keys.queue(SELFPLAY_QUEUE), 0))
     assert message["headers"]["task"] == SELFPLAY_TASK
     assert message["content-type"] == "application/json"
     assert json.loads(base64.b64decode(message["body"]))[0] == [30, 0]  # budget, no game cap
@@ -365,7 +367,7 @@ def test_feeder_queues_nothing_while_the_store_is_nearly_full(
     _register(r, keys, "a@h", [SELFPLAY_QUEUE], 2, time.time())
     r.hset(keys.counters, "pending", 90)  # 90 % of the bound wait for the trainer
     assert feed_selfplay_queue(app, r, keys, settings) == 0
-    assert r.llen(SELFPLAY_QUEUE) == 0
+    assert r.llen(keys.queue(SELFPLAY_QUEUE)) == 0
     r.hset(keys.counters, "pending", 50)  # the trainer drained some ...
     kept = {"unstored_examples": 60, "updated": time.time()}
     r.hset(keys.selfplay_progress, "p", json.dumps(kept))  # ... but a kept game needs 60
@@ -373,6 +375,20 @@ def test_feeder_queues_nothing_while_the_store_is_nearly_full(
     r.hset(keys.counters, "pending", 40)  # room for it: slices run and store it first
     assert feed_selfplay_queue(app, r, keys, settings) == 4
     app.close()
+
+
+def test_beat_sends_no_training_tick_while_a_training_runs(
+    redis_server: RedisServer, redis_client: redis.Redis, test_keys: Keys, tmp_path: Path,
+    procs: Procs,
+) -> None:  # fmt: skip
+    """A training may run for hours: its ticks would only pile up in the gpu queue."""
+    r, keys = redis_client, test_keys
+    r.set(keys.training_active, json.dumps({"checkpoint": 0}), ex=120)
+    procs.celery("beat", ["beat", "-l", "INFO"], tiny_env(redis_server.url, tmp_path))
+    time.sleep(6)  # six ticks of HEXZ_TRAINING_CHECK_INTERVAL_S
+    assert r.llen(keys.queue(GPU_QUEUE)) == 0
+    r.delete(keys.training_active)  # the training ended: ticks come again
+    wait_for(lambda: r.llen(keys.queue(GPU_QUEUE)) >= 2, 20, "training ticks")
 
 
 # ------------------------------------------------------------------------- status
@@ -392,7 +408,7 @@ def test_gather_status_reports_counts_rates_models_and_training(
     r.set(keys.latest_model, json.dumps({"name": "flagz", "checkpoint": 4}))
     r.rpush(keys.training_runs, json.dumps({"checkpoint": 4, "seconds": 1.5}))
     r.set(keys.training_active, json.dumps({"since": now, "checkpoint": 4}))
-    r.rpush(SELFPLAY_QUEUE, "x", "y")
+    r.rpush(keys.queue(SELFPLAY_QUEUE), "x", "y")
     _register(r, keys, "sp@h", [SELFPLAY_QUEUE], 2, now)
     progress = {
         "host": "h", "pid": 7, "state": "playing", "games_in_flight": 16, "games_started": 16,

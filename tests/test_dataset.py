@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from synthetic import game_columns, game_examples
 
 from hexz_tasks import codec
@@ -108,3 +112,67 @@ def test_replay_mode_samples_with_replacement() -> None:
     assert idx.min() >= 0 and idx.max() < 500
     assert len(np.unique(idx)) < len(idx)  # repeats: sampled with replacement
     assert all(len(b) == 256 for b in batches)
+
+
+def _rezip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def chunk_file(tmp_path_factory: pytest.TempPathFactory, examples: list) -> tuple[str, bytes]:
+    """Name and bytes of one chunk file (an edge batch: float targets among them)."""
+    (chunk,) = _filled(tmp_path_factory.mktemp("chunk"), examples[2:3]).chunks()
+    return chunk.path.name, chunk.path.read_bytes()
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_damaged_chunk_file_is_refused_naming_it_or_read_whole(
+    tmp_path_factory: pytest.TempPathFactory, chunk_file: tuple[str, bytes], data: st.DataObject
+) -> None:
+    """Flipped, cut or inserted bytes in a chunk file, in its zip or inside one of its
+    arrays (re-zipped, so the zip itself is sound): every reader of the trainer (the
+    newest stream id, the archive writer, the training window and its batches) raises
+    a ValueError naming the file, or reads well-formed examples. `pytest
+    --hypothesis-profile=thorough` runs 10,000 cases."""
+    name, raw = chunk_file
+    ds = Dataset(tmp_path_factory.mktemp("damaged"))
+    (ds.root / name).write_bytes(raw)
+    (chunk,) = ds.chunks()
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    target = data.draw(st.sampled_from(["file", *sorted(members)]))
+    damaged = bytearray(raw if target == "file" else members[target])
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(damaged) - 1))
+        action = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if action == "flip":
+            damaged[i] ^= data.draw(st.integers(1, 255))
+        elif action == "cut":
+            del damaged[i : i + data.draw(st.integers(1, 64))]
+        else:
+            damaged[i:i] = data.draw(st.binary(min_size=1, max_size=16))
+    out = bytes(damaged) if target == "file" else _rezip({**members, target: bytes(damaged)})
+    chunk.path.write_bytes(out)
+    named = re.escape(str(chunk.path))
+    for read in (
+        ds.last_stream_id,
+        lambda: ds.chunk_timestamp(chunk),
+        lambda: codec.check(ds.read_chunk(chunk), "read"),
+    ):
+        try:
+            read()
+        except ValueError as e:
+            assert re.search(named, str(e)), e
+    try:
+        window = ds.window(10**6)
+    except ValueError as e:
+        assert re.search(named, str(e)), e
+        return
+    b = window.batch(np.arange(len(window)))
+    assert len(b.results) == len(window) <= chunk.count
+    assert np.isfinite(b.move_probs).all() and np.isfinite(b.boards).all()

@@ -358,7 +358,7 @@ def test_worker_across_a_cut_link_recovers_and_stores_every_game_once(
     from hexz_tasks.repository import ModelRepository
     from hexz_tasks.settings import Settings
     from hexz_tasks.store import ExampleStore
-    from hexz_tasks.training_tick import ensure_model_published
+    from hexz_tasks.training_tick import restore_trainer_state
 
     keys = Keys(TEST_PREFIX)
     r = link_redis.client()
@@ -368,7 +368,7 @@ def test_worker_across_a_cut_link_recovers_and_stores_every_game_once(
     # nothing else: no shared disk, only the URL.
     host_env = tiny_env(link_redis.url, tmp_path / "trainer")
     host_settings = Settings.from_env({k: v for k, v in host_env.items() if k.startswith("HEXZ_")})
-    ensure_model_published(
+    restore_trainer_state(
         host_settings,
         r,
         keys,
@@ -424,8 +424,8 @@ def test_worker_across_a_cut_link_recovers_and_stores_every_game_once(
     def all_done() -> bool:
         return (
             store.counters()["games"] > games_at_cut
-            and r.llen(SELFPLAY_QUEUE) == 0
-            and r.hlen("unacked") == 0
+            and r.llen(keys.queue(SELFPLAY_QUEUE)) == 0
+            and r.hlen(keys.unacked) == 0
             and r.hlen(keys.selfplay_running) == 0
         )
 

@@ -10,26 +10,36 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from conftest import REPO_ROOT, TEST_PREFIX, Procs, RedisServer, tiny_env, wait_for
-from synthetic import game_columns
+from conftest import (
+    REPO_ROOT,
+    TEST_PREFIX,
+    Procs,
+    RedisServer,
+    tiny_env,
+    wait_for,
+    wait_for_examples_to_settle,
+)
+from synthetic import game_columns, row_keys
 
 from hexz_tasks.celery import make_app
+from hexz_tasks.dataset import Dataset
 from hexz_tasks.keys import Keys
 from hexz_tasks.queues import SELFPLAY_QUEUE, SELFPLAY_TASK, TRAIN_TASK
 from hexz_tasks.repository import ModelRepository, fetch_latest
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
-from hexz_tasks.training_tick import LOCK_TTL_S, ensure_model_published
+from hexz_tasks.training_tick import LOCK_TTL_S, restore_trainer_state
 
 pytestmark = pytest.mark.slow
 
 # Training tests: time limits far above what a loaded 2-core machine needs.
-LONG_TASKS = {"task_time_limit_s": 300, "visibility_timeout_s": 330}
+LONG_TASKS = {"task_time_limit_s": 300, "training_time_limit_s": 300, "visibility_timeout_s": 330}
 
 
 def setup(
@@ -42,7 +52,7 @@ def setup(
 
 def publish_checkpoint_0(settings: Settings, r: redis.Redis, keys: Keys) -> ModelRepository:
     repo = ModelRepository(settings.repo_base_dir, settings.model_name)
-    ensure_model_published(settings, r, keys, repo)
+    restore_trainer_state(settings, r, keys, repo)
     return repo
 
 
@@ -176,6 +186,74 @@ def test_gpu_worker_killed_during_training_leaves_no_checkpoint_and_next_tick_tr
     assert r.llen(keys.training_runs) == 1
 
 
+def add_games_by_id(r: redis.Redis, keys: Keys, n: int, seed: int) -> dict[str, list[bytes]]:
+    """Stores `n` synthetic games; returns game id -> its examples' fingerprints."""
+    store = ExampleStore(r, keys)
+    games = {}
+    for i, cols in enumerate(game_columns(n, seed, runs=8, max_moves=60)):
+        games[f"synthetic-{seed}:{i}"] = row_keys(cols)
+        assert store.add_game(f"synthetic-{seed}:{i}", cols) > 0
+    return games
+
+
+def copies_on_disk(repo: ModelRepository, games: dict[str, list[bytes]]) -> dict[str, set[int]]:
+    """Game id -> how often each of its examples is in the trainer's dataset ({1}: once,
+    whole). Fails on an example of no stored game."""
+    ds = Dataset(repo.examples_store_dir)
+    on_disk = Counter(k for c in ds.chunks() for k in row_keys(ds.read_chunk(c)))
+    assert set(on_disk) <= {k for ks in games.values() for k in ks}
+    return {gid: {on_disk[k] for k in ks} for gid, ks in games.items()}
+
+
+@pytest.mark.parametrize("point", ["drain", "rename"])
+def test_gpu_worker_killed_mid_drain_or_before_the_checkpoint_rename_keeps_each_game_once(
+    redis_server: RedisServer, tmp_path: Path, procs: Procs, point: str
+) -> None:
+    env, settings, r, keys = setup(redis_server, tmp_path, **LONG_TASKS)
+    repo = publish_checkpoint_0(settings, r, keys)
+    games = add_games_by_id(r, keys, 3, seed=0)
+    wait_for_examples_to_settle()
+    flag = tmp_path / "stopped"
+    faulty = procs.start(
+        "gpu-faulty",
+        [sys.executable, "tests/faults.py", point, str(flag), "-A", "hexz_tasks", "worker",
+         "-Q", "gpu", "-n", "gpu@%h", "-c", "1", "-l", "INFO"],
+        env,
+    )  # fmt: skip
+    app = make_app(settings)
+    app.send_task(TRAIN_TASK)
+    wait_for(flag.exists, 90, f"the trainer at the {point} point")
+
+    # Where the kill lands, proven from the outside:
+    temps = [p for p in repo.checkpoints_dir.iterdir() if p.name.startswith(".tmp-1-")]
+    if point == "drain":  # a chunk on disk, Redis not trimmed yet
+        assert copies_on_disk(repo, games) == {gid: {1} for gid in games}
+        assert r.xlen(keys.examples_stream) == 3 and counters(r, keys)["pending"] > 0
+        assert temps == []
+    else:  # every file of checkpoint 1 written, not renamed into place
+        assert len(temps) == 1 and {"model.pt", "scriptmodule.pt", "stats.json"} <= {
+            f.name for f in temps[0].iterdir()
+        }
+        assert r.xlen(keys.examples_stream) == 0
+    faulty.kill_group(signal.SIGKILL)
+    faulty.popen.wait(10)
+    assert repo.checkpoints() == [0] and latest_published(r, keys) == 0
+
+    # Self-play goes on; a new trainer comes and trains checkpoint 1 from all of it.
+    games.update(add_games_by_id(r, keys, 2, seed=1))
+    wait_for_examples_to_settle()
+    procs.worker("gpu", "gpu", env)
+    wait_for(lambda: not r.exists(keys.training_lock), LOCK_TTL_S + 5, "the lock to expire")
+    wait_for(lambda: app.send_task(TRAIN_TASK).get(timeout=120)["trained"], 180, "checkpoint 1")
+    assert repo.checkpoints() == [0, 1] and latest_published(r, keys) == 1
+    assert copies_on_disk(repo, games) == {gid: {1} for gid in games}  # each game once
+    assert r.xlen(keys.examples_stream) == 0 and counters(r, keys)["pending"] == 0
+    total = sum(len(ks) for ks in games.values())
+    assert repo.load_stats(1)["examples_total"] == total == counters(r, keys)["examples"]
+    assert not [p for p in repo.checkpoints_dir.iterdir() if p.name.startswith(".tmp")]
+    app.close()
+
+
 # ---------------------------------------------------------------------- self-play
 
 
@@ -198,7 +276,7 @@ def test_end_to_end_selfplay_fills_the_store_training_makes_checkpoint_1_selfpla
     wait_for(lambda: counters(r, keys)["games"] > 0, 90, "the first stored game")
     # The feeder keeps about one task waiting per pool process (1): the queue stays short.
     for _ in range(10):
-        assert r.llen(SELFPLAY_QUEUE) <= 2 and r.hlen(keys.selfplay_running) <= 1
+        assert r.llen(keys.queue(SELFPLAY_QUEUE)) <= 2 and r.hlen(keys.selfplay_running) <= 1
         time.sleep(0.2)
     wait_for(lambda: (latest_published(r, keys) or 0) >= 1, 120, "checkpoint 1")
     assert 1 in repo.checkpoints()
@@ -254,11 +332,19 @@ def test_selfplay_pool_process_killed_mid_slice_stores_no_game_twice_and_loses_o
     pid = json.loads(r.hget(keys.selfplay_running, "kill-me"))["pid"]
     os.kill(pid, signal.SIGKILL)
     (killed,) = games_by_process(r, keys)
+
     # The slice is redelivered at once (reject on worker loss) to a new pool process,
     # whose games are new games under its own id.
+    def redelivered() -> bool:
+        entry = r.hget(keys.selfplay_running, "kill-me")
+        return entry is not None and json.loads(entry)["pid"] != pid
+
+    wait_for(redelivered, 60, "the slice in a new pool process")
+    assert int(r.get(keys.task_attempts("kill-me"))) == 2
     wait_for(lambda: len(games_by_process(r, keys)) == 2, 90, "a game of the new process")
     wait_for(lambda: not r.hexists(keys.selfplay_running, "kill-me"), 60, "the slice to end")
-    assert int(r.get(keys.task_attempts("kill-me"))) == 2
+    # Acknowledged at its end: nothing can redeliver it, its counter is gone.
+    wait_for(lambda: not r.exists(keys.task_attempts("kill-me")), 10, "the counter to go")
     assert_each_game_once(r, keys)
     games = games_by_process(r, keys)
     n = len(games[killed])
@@ -266,7 +352,41 @@ def test_selfplay_pool_process_killed_mid_slice_stores_no_game_twice_and_loses_o
     (survivor,) = set(games) - {killed}
     assert games[survivor] == list(range(len(games[survivor])))
     assert counters(r, keys)["games"] == sum(len(ix) for ix in games.values())
-    assert r.llen(SELFPLAY_QUEUE) == 0 and r.hlen("unacked") == 0
+    assert r.llen(keys.queue(SELFPLAY_QUEUE)) == 0 and r.hlen(keys.unacked) == 0
+    app.close()
+
+
+def test_a_task_that_keeps_killing_its_worker_is_dropped_after_the_delivery_cap(
+    redis_server: RedisServer, tmp_path: Path, procs: Procs
+) -> None:
+    """Each delivery of the slice dies with its pool process (SIGKILL, as an OOM kill
+    would): it comes back at once (reject on worker loss) until it was delivered
+    task_max_deliveries times; the next delivery is dropped without running."""
+    env, settings, r, keys = setup(redis_server, tmp_path, selfplay_slice_s=20)
+    publish_checkpoint_0(settings, r, keys)
+    worker = procs.worker("selfplay", "selfplay", env)
+    wait_for(lambda: selfplay_worker_ready(r, keys), 60, "the selfplay worker")
+    app = make_app(settings)
+    app.send_task(SELFPLAY_TASK, args=[20, 0], task_id="poison")
+    cap = settings.task_max_deliveries
+    pids: list[int] = []
+
+    def running_in_a_new_process() -> int | None:
+        entry = r.hget(keys.selfplay_running, "poison")
+        pid = json.loads(entry)["pid"] if entry else None
+        return pid if pid not in pids else None
+
+    for delivery in range(1, cap + 1):
+        pid = wait_for(running_in_a_new_process, 90, f"delivery {delivery} running")
+        assert int(r.get(keys.task_attempts("poison"))) == delivery
+        os.kill(pid, signal.SIGKILL)
+        pids.append(pid)
+    rejected = f"selfplay[poison]: delivered {cap + 1} times, more than the cap of {cap}"
+    wait_for(lambda: rejected in worker.log(), 90, "the delivery past the cap to be dropped")
+    time.sleep(2)  # a delivery that ran anyway would show in the registry by now
+    assert running_in_a_new_process() is None and len(set(pids)) == cap
+    assert int(r.get(keys.task_attempts("poison"))) == cap + 1
+    assert r.llen(keys.queue(SELFPLAY_QUEUE)) == 0 and r.hlen(keys.unacked) == 0
     app.close()
 
 
@@ -274,7 +394,12 @@ def test_redis_restart_during_a_run_loses_no_acknowledged_example_and_workers_re
     redis_server: RedisServer, tmp_path: Path, procs: Procs
 ) -> None:
     env, settings, r, keys = setup(
-        redis_server, tmp_path, selfplay_slice_s=3, task_time_limit_s=40, visibility_timeout_s=45
+        redis_server,
+        tmp_path,
+        selfplay_slice_s=3,
+        task_time_limit_s=40,
+        training_time_limit_s=40,
+        visibility_timeout_s=45,
     )
     publish_checkpoint_0(settings, r, keys)
     procs.worker("selfplay", "selfplay", env)
@@ -301,7 +426,8 @@ def test_redis_restart_during_a_run_loses_no_acknowledged_example_and_workers_re
     for i in range(3, 5):
         app.send_task(SELFPLAY_TASK, args=[3, 0], task_id=f"task-{i}")
     wait_for(lambda: counters(r, keys)["games"] >= after["games"] + 3, 150, "games after it")
-    wait_for(lambda: r.hlen(keys.selfplay_running) == 0 and r.llen(SELFPLAY_QUEUE) == 0, 120,
+    queue = keys.queue(SELFPLAY_QUEUE)
+    wait_for(lambda: r.hlen(keys.selfplay_running) == 0 and r.llen(queue) == 0, 120,
              "the slices to end")  # fmt: skip
     assert_each_game_once(r, keys)
     assert counters(r, keys)["examples"] == sum(n for _, n in stream_entries(r, keys))
@@ -360,7 +486,7 @@ def test_malformed_messages_are_rejected_logged_and_store_nothing(
     assert "selfplay[bad-type]: argument budget_s must be float" in log
     assert "selfplay[bad-range]: budget_s must be in (0, 5] and max_games >= 0" in log
     assert worker.alive()
-    assert r.llen(SELFPLAY_QUEUE) == 0 and r.hlen("unacked") == 0
+    assert r.llen(keys.queue(SELFPLAY_QUEUE)) == 0 and r.hlen(keys.unacked) == 0
     assert counters(r, keys) == {
         "examples": 0, "games": 0, "batches": 0, "pending": 0, "trained": 0
     }  # fmt: skip

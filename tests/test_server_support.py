@@ -22,6 +22,7 @@ from hexz_tasks.examples import npy_bytes, torch_bytes
 from hexz_tasks.keys import Keys
 from hexz_tasks.server import Servers, start_servers
 from hexz_tasks.settings import Settings
+from hexz_tasks.store import ExampleStore
 
 CellType = hexz_pb2.Field.CellType
 NUMPY = hexz_pb2.TrainingExample.NUMPY
@@ -85,6 +86,8 @@ def run_servers(tmp_path_factory: pytest.TempPathFactory, **overrides: Any) -> I
     rs.start()
     settings = tiny_settings(tmp / "data", rs.url, **overrides)
     client = rs.client()
+    # What the trainer's first tick does: set up the stream the gRPC service adds to.
+    ExampleStore(client, Keys(settings.key_prefix)).rebase(None, 0)
     servers = start_servers(settings, host="127.0.0.1", port=0, grpc_port=0, client=client)
     try:
         yield Running(settings, servers, client, Keys(settings.key_prefix))

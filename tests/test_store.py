@@ -12,19 +12,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
 from conftest import RedisServer
-from synthetic import game_columns, game_examples
+from synthetic import game_columns, game_examples, row_keys
 
 from hexz_tasks import codec, hexz_pb2
+from hexz_tasks.archive import import_files, write_request
 from hexz_tasks.dataset import Dataset
 from hexz_tasks.examples import from_columns, npy_bytes
+from hexz_tasks.hexz_pb2 import AddTrainingExamplesRequest
 from hexz_tasks.keys import Keys
 from hexz_tasks.repository import ModelRepository
+from hexz_tasks.settings import Settings, SettingsError
 from hexz_tasks.store import ExampleStore, StoreFullError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +68,37 @@ def test_add_game_is_idempotent_and_counts(r: redis.Redis, keys: Keys) -> None:
     # Counters live in Redis, not in the object: a new store (a restarted process) sees them.
     assert ExampleStore(r, keys, settle_ms=0).total_examples() == total
     assert ExampleStore(r, keys, settle_ms=0).examples_since_training() == total
+
+
+def test_done_markers_live_as_long_as_a_retried_write_needs(
+    r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    """Game ids are unique to their game, so a marker only has to outlive a retried write
+    of the same game or request (HEXZ_DONE_MARKER_TTL_S, an hour by default), not a week:
+    ~61,000 markers at 17 games/s instead of ~10 million."""
+    settings = Settings.from_env({}, data_dir=tmp_path, key_prefix=keys.prefix)
+    assert settings.done_marker_ttl_s == 3600
+    store = ExampleStore.for_producer(settings, r, keys, full_wait_s=0, wait_for_trainer=False)
+    g = games(2)
+    store.add_game("p:0", g[0])
+    store.add_examples("grpc-req", from_columns(g[1])[:3])
+    for done_id in ("game:p:0", "batch:grpc-req"):
+        assert 3590 <= r.ttl(keys.game_done(done_id)) <= 3600
+    # Within its lifetime a retried write stores nothing; once it is gone, it would.
+    short = ExampleStore(r, keys, done_ttl_s=1)
+    assert short.add_game("retried", g[0]) == rows(g[:1])
+    assert short.add_game("retried", g[0]) == 0
+    time.sleep(2.1)
+    assert short.add_game("retried", g[0]) == rows(g[:1])
+    # `hexz import` keeps its (few) markers a week: importing a file twice adds it once.
+    archive = write_request(
+        tmp_path / "a.gz", AddTrainingExamplesRequest(examples=from_columns(g[1]))
+    )
+    assert import_files([archive], store) == (rows(g[1:]), [])
+    (marker,) = r.keys(keys.game_done("import:*"))
+    assert r.ttl(marker) > 6 * 24 * 3600
+    with pytest.raises(SettingsError, match="HEXZ_DONE_MARKER_TTL_S"):
+        Settings.from_env({"HEXZ_DONE_MARKER_TTL_S": "30"})
 
 
 def test_concurrent_adds_of_one_game_store_it_once(
@@ -137,24 +172,33 @@ def test_backpressure_raises_when_full_and_resumes_after_drain(
 def test_backpressure_waits_for_the_trainer(
     r: redis.Redis, redis_server: RedisServer, keys: Keys, tmp_path: Path
 ) -> None:
+    """A producer that finds the store full blocks until the trainer drains it: the test
+    fails if add_game returns without waiting (or never returns)."""
     g = games(2)
     store = ExampleStore(r, keys, max_pending=rows(g[:1]), full_wait_s=60, settle_ms=0)
     store.add_game("0", g[0])
-    drained = threading.Event()
+    seen: dict[str, object] = {}
 
     def trainer() -> None:
-        while ExampleStore(redis_server.client(), keys).counters()["pending"] == 0:
-            time.sleep(0.01)
-        time.sleep(0.3)
-        ExampleStore(redis_server.client(), keys, settle_ms=0).drain(Dataset(tmp_path / "ds"))
-        drained.set()
+        time.sleep(0.5)  # the producer below has been trying for this long
+        trainer_r = redis_server.client()
+        seen["while_blocked"] = trainer_r.xlen(keys.examples_stream)
+        seen["marker_while_blocked"] = trainer_r.exists(keys.game_done("game:1"))
+        ExampleStore(trainer_r, keys, settle_ms=0).drain(Dataset(tmp_path / "ds"))
+        seen["drained_at"] = time.monotonic()
 
     t = threading.Thread(target=trainer)
     t.start()
-    assert store.add_game("1", g[1]) == rows(g[1:])  # blocked until the drain made room
-    t.join()
-    assert drained.is_set()
-    assert store.counters()["examples"] == rows(g)
+    started = time.monotonic()
+    assert store.add_game("1", g[1]) == rows(g[1:])
+    returned = time.monotonic()
+    t.join(30)
+    assert not t.is_alive()
+    # Half a second in, game 1 was neither in the stream nor marked: the producer waited...
+    assert seen["while_blocked"] == 1 and seen["marker_while_blocked"] == 0
+    # ... and stored it only once the drain had made room.
+    assert returned > seen["drained_at"] > started + 0.5  # type: ignore[operator]
+    assert store.counters()["examples"] == rows(g) == store.counters()["pending"] + rows(g[:1])
 
 
 def test_drain_moves_everything_once_and_archives_per_checkpoint(
@@ -237,33 +281,62 @@ def test_crash_between_chunk_write_and_trim_neither_loses_nor_doubles(
     assert archived == len(want)  # archives of the crashed drain were written afterwards
 
 
+# A drain in its own process that stops right after its first new chunk file is on disk
+# (before archives and the trim of Redis).
+_STOPPING_DRAIN = """
+import pathlib, sys, time, redis
+from hexz_tasks.dataset import Dataset
+from hexz_tasks.keys import Keys
+from hexz_tasks.store import ExampleStore
+prefix, root, url, flag = sys.argv[1:]
+class StopsAfterAChunk(Dataset):
+    def append(self, cols, last_stream_id):
+        chunk = super().append(cols, last_stream_id)
+        pathlib.Path(flag).write_text(last_stream_id)
+        time.sleep(600)
+store = ExampleStore(redis.Redis.from_url(url), Keys(prefix), settle_ms=0)
+store.drain(StopsAfterAChunk(root))
+"""
+
+
 def test_sigkilled_drain_resumes_exactly_once(
     r: redis.Redis, redis_server: RedisServer, keys: Keys, tmp_path: Path
 ) -> None:
+    """Drains SIGKILLed mid-drain (a chunk on disk, Redis not trimmed), twice, with games
+    arriving between: afterwards the dataset holds every stored example exactly once,
+    compared example by example."""
     store = ExampleStore(r, keys, settle_ms=0)
-    g = games(6, seed=3)
-    for i, x in enumerate(g):
-        store.add_game(str(i), x)
+    stored: Counter = Counter()
+
+    def add(tag: str, cols: codec.Columns) -> None:
+        store.add_game(tag, cols)
+        stored.update(row_keys(cols))
+
+    for i, cols in enumerate(games(4, seed=3)):
+        add(str(i), cols)
     root = tmp_path / "ds"
-    code = (
-        "import sys, redis; from hexz_tasks.store import ExampleStore; "
-        "from hexz_tasks.dataset import Dataset; from hexz_tasks.keys import Keys; "
-        "s = ExampleStore(redis.Redis.from_url(sys.argv[3]), Keys(sys.argv[1]), settle_ms=0); "
-        "[s.drain(Dataset(sys.argv[2]), max_chunk=20) for _ in iter(int, 1)]"
-    )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    for delay in (0.3, 0.6, 0.9):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, keys.prefix, str(root), redis_server.url], env=env
-        )
-        time.sleep(delay)
+    for kill in range(2):
+        flag = tmp_path / f"stopped-{kill}"
+        args = [sys.executable, "-c", _STOPPING_DRAIN, keys.prefix, str(root), redis_server.url]
+        proc = subprocess.Popen([*args, str(flag)], env=env)
+        deadline = time.monotonic() + 60
+        while not flag.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the drain did not stop"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        store.add_game(f"late-{delay}", games(1, seed=int(delay * 10))[0])
+        # Mid-drain: a new chunk with everything stored so far on disk, but not one
+        # entry trimmed from Redis yet (nor archived).
+        ds = Dataset(root)
+        assert len(ds.chunks()) == kill + 1 and ds.last_stream_id() == flag.read_text()
+        assert ds.count() == sum(stored.values())
+        assert r.xlen(keys.examples_stream) == 4 + kill
+        add(f"late-{kill}", games(1, seed=10 + kill)[0])
+    store.drain(Dataset(root))
     ds = Dataset(root)
-    store.drain(ds)
-    stored = np.concatenate([ds.read_chunk(c)["unix_micros"] for c in ds.chunks()])
-    assert len(stored) == store.total_examples()
+    on_disk = Counter(k for c in ds.chunks() for k in row_keys(ds.read_chunk(c)))
+    assert on_disk == stored  # every example once: none lost, none doubled
     assert r.xlen(keys.examples_stream) == 0
     assert store.counters()["pending"] == 0
 

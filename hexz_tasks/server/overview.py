@@ -16,6 +16,7 @@ from hexz_tasks import hexz_pb2
 from hexz_tasks.server.player import Unavailable
 from hexz_tasks.server.state import ServerState
 from hexz_tasks.tensorboard_events import tensorboard_command
+from hexz_tasks.training_budget import stored_budget
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,7 @@ def overview(state: ServerState) -> dict[str, Any]:
         },
         "latest_model": latest_model,
         "training_active": json.loads(active) if active else None,
+        "training_budget": stored_budget(state.redis, state.keys),
         "examples": examples(state, now),
         "examples_per_hour": examples_per_hour(summaries),
         "training_runs": summaries,

@@ -106,11 +106,8 @@ class ServerState:
         from hexz_tasks.store import ExampleStore
 
         # A gRPC client should hear "at capacity" soon rather than hang on a full store.
-        self.store = ExampleStore(
-            self.redis,
-            self.keys,
-            max_pending=self.settings.max_pending_examples,
-            full_wait_s=5.0,
+        self.store = ExampleStore.for_producer(
+            self.settings, self.redis, self.keys, full_wait_s=5.0
         )
         self.repo = ModelRepository(self.settings.repo_base_dir, self.settings.model_name)
         from hexz_tasks.redis_server import with_timeout
