@@ -20,7 +20,8 @@ It prints the scores with 95 % intervals (hexz_tasks.intervals.paired_score), th
 Bradley-Terry rating curve over every stored game (the automatic evaluation's matches
 during the run, against checkpoint 0, the predecessor and ARENA_BASELINES, and the final
 matches at 64 runs; the 800-run matches are not stored, so that a checkpoint's label
-means one strength), and, as the last line, one JSON object.
+means one strength), and, as the last line, one JSON object (also written to ``--out``;
+bench/ablations.py runs the ablation study with it and tabulates the files).
 
 Target (issue 14): the LOWER end of the interval against uct:800 above 0.5. Issue 8's
 targets (>= 0.75 against checkpoint 0, > 0.5 against pure MCTS) are reported on the
@@ -222,6 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--games", type=int, default=200, help="games per final match (even)")
     ap.add_argument("--data-dir", type=Path, default=None, help="keep everything here")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON object here")
     ablation = ap.add_argument_group("ablations (default: the configuration's choice)")
     ablation.add_argument(
         "--symmetry", choices=["on", "off"], help="train on random board symmetries"
@@ -254,13 +256,20 @@ def configuration(args: argparse.Namespace) -> dict[str, Any]:
     if args.fast_moves == "on":
         config.update(FAST_MOVES)
     elif args.fast_moves == "off":
-        config["FAST_MOVE_PROB"] = 0
+        config.update(FAST_MOVE_PROB=0, RUNS_PER_MOVE=mean_runs_per_move(config))
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise SystemExit(f"--set needs NAME=VALUE, got {item!r}")
         config[name.strip().upper().removeprefix("HEXZ_")] = value.strip()
     return config
+
+
+def mean_runs_per_move(config: dict[str, Any]) -> int:
+    """Runs per move on average with the configuration's fast moves (none: RUNS_PER_MOVE)."""
+    p = float(config.get("FAST_MOVE_PROB", 0))
+    full = float(config["RUNS_PER_MOVE"])
+    return round((1 - p) * full + p * float(config.get("RUNS_PER_FAST_MOVE", full)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_for_redis(port)
         matches = QUICK_MATCHES if args.quick else FINAL_MATCHES
-        return evaluate(env, settings, minutes, games, data, config, matches)
+        result = evaluate(env, settings, minutes, games, data, config, matches)
+        result["argv"] = sys.argv[1:] if argv is None else argv
+        print(json.dumps(result))
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1) + "\n")
+        return 0
     finally:
         redis_proc.terminate()
         redis_proc.wait(20)
@@ -317,7 +332,7 @@ def evaluate(
     data: Path,
     config: dict[str, Any],
     final: dict[str, Any],
-) -> int:
+) -> dict[str, Any]:
     import redis
     import torch
 
@@ -378,6 +393,7 @@ def evaluate(
     ratings, _ = fit_stored(settings, r, keys)
     newest_rating = ratings.get(f"{settings.model_name}:{newest}")
     target = vs_uct[0]["ci"][0] > 0.5
+    minutes = saved_minutes(r, keys, started)
     print(
         f"target: lower end vs {final['uct'][0]} at {net_runs} runs per move "
         f"{vs_uct[0]['ci'][0]:.3f} > 0.5: {'met' if target else 'NOT met'}"
@@ -400,14 +416,26 @@ def evaluate(
         "pipeline_s": round(trained_s),
         "elo_newest": None if newest_rating is None else round(newest_rating.elo),
         "elo_baselines": {rt.player: round(rt.elo) for rt in others},
+        # Per checkpoint: minutes after the start at which it was saved, Elo and its 95 %
+        # interval (checkpoint 0 = 0), held-out metrics.
         "rating_curve": [
-            [e["checkpoint"], e.get("rating"), e.get("policy_ce"), e.get("value_mse")]
+            {
+                "checkpoint": e["checkpoint"],
+                "minute": minutes.get(e["checkpoint"]),
+                **{k: e.get(k) for k in ("rating", "low", "high", "policy_ce", "value_mse")},
+            }
             for e in curve
         ],
         "configuration": {**config, "selfplay_processes": SELFPLAY_PROCESSES},
     }
-    print(json.dumps(result))
-    return 0
+    return result
+
+
+def saved_minutes(r: Any, keys: Keys, started: float) -> dict[int, float]:
+    """Checkpoint -> minutes from `started` (a time.time()) to the end of its training,
+    from the recorded training runs."""
+    runs = (json.loads(x) for x in r.lrange(keys.training_runs, 0, -1))
+    return {run["checkpoint"]: round((run["finished"] - started) / 60, 1) for run in runs}
 
 
 if __name__ == "__main__":
