@@ -43,6 +43,10 @@ MATCHES = [
     ("vs_uct@T", "vs uct@T"),
     ("vs_checkpoint0", "vs checkpoint 0"),
     ("vs_mcts", "vs pure MCTS"),
+    # The network without the random playouts, and checkpoint 0 with them (runs with
+    # RANDOM_PLAYOUTS only): what the score against uct:800 owes to each.
+    ("network_alone_vs_uct:800", "network alone vs uct:800"),
+    ("checkpoint0_vs_uct:800", "checkpoint 0 + search vs uct:800"),
 ]
 
 
@@ -85,11 +89,25 @@ def load(results: Path) -> list[tuple[str, dict[str, Any]]]:
     return [(n, json.loads(files[n].read_text())) for n in order]
 
 
+def flags(argv: list[str]) -> list[str]:
+    """A run's bench/learning.py arguments that change what it measures (not where the
+    files go)."""
+    out, skip = [], False
+    for arg in argv:
+        if arg in ("--out", "--data-dir"):
+            skip = True
+        elif not skip:
+            out.append(arg)
+        else:
+            skip = False
+    return out
+
+
 def ablation_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     head = ["run", "minutes", "checkpoints, examples", *(title for _, title in MATCHES)]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, r in rows:
-        label = RUNS[name][0] if name in RUNS else f"`{shlex.join(r.get('argv', [name]))}`"
+        label = RUNS[name][0] if name in RUNS else f"`{shlex.join(flags(r.get('argv', [])))}`"
         cells = [
             label,
             f"{r['pipeline_s'] / 60:.0f}",

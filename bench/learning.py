@@ -14,7 +14,10 @@ configuration in CONFIG: `hexz run`'s quick-start settings), stops it, then play
   800 runs in the match against uct:800 (its searches, its share of the arena's Python
   loop and its batched inference over the games in flight; all cores are the arena's
   then). So both sides get the same CPU time per move, as "strength per CPU-hour" asks;
-  the UCT search runs on one thread, and the UCT moves of different games in parallel.
+  the UCT search runs on one thread, and the UCT moves of different games in parallel;
+- with RANDOM_PLAYOUTS (the leaf values mixed with random playouts), two controls
+  against uct:800: the newest network without the playouts, and the untrained
+  checkpoint 0 with them (what the search alone achieves).
 
 It prints the scores with 95 % intervals (hexz_tasks.intervals.paired_score), the
 Bradley-Terry rating curve over every stored game (the automatic evaluation's matches
@@ -67,7 +70,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hexz_tasks.keys import Keys
-from hexz_tasks.launcher import QUICKSTART
+from hexz_tasks.launcher import QUICKSTART, QUICKSTART_FAST_MOVES
 from hexz_tasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,10 +88,9 @@ QUICK: dict[str, Any] = {"REPLAY_BUFFER_SIZE": 4096, "ARENA_INTERVAL_S": 20, "GA
                          "GAMES_IN_FLIGHT": 8}  # fmt: skip
 QUICK_MINUTES = 0.4
 SELFPLAY_PROCESSES = 2
-# Playout cap randomisation (--fast-moves on): a quarter of the moves searched with 160
-# runs and recorded, the rest with 32 runs and not: the same 64 runs per move on average.
-FAST_MOVES: dict[str, Any] = {"RUNS_PER_MOVE": 160, "RUNS_PER_FAST_MOVE": 32,
-                              "FAST_MOVE_PROB": 0.75}  # fmt: skip
+# Playout cap randomisation (--fast-moves on): the quick start's, 64 runs per move on
+# average; --fast-moves off searches every move with that mean.
+FAST_MOVES: dict[str, Any] = {k.removeprefix("HEXZ_"): v for k, v in QUICKSTART_FAST_MOVES.items()}
 # The yardstick after the run: the network at net_runs runs per move against the game
 # server's CPU player at these iterations (the first is the target's), then at equal
 # think time; --quick shrinks all of it.
@@ -352,15 +354,22 @@ def evaluate(
     print(f"pipeline stopped after {trained_s:.0f} s: {stats}; newest checkpoint {newest}")
 
     torch.set_num_threads(os.cpu_count() or 1)  # the pipeline is stopped: all cores are ours
-    summaries: dict[str, dict[str, Any]] = {}
 
-    def match(opponent: str, runs: int, *, store: bool) -> dict[str, Any]:
-        """Newest vs `opponent`; stored (and so rated) only at the evaluation's runs per
-        move: a label is one player in the ratings whatever its runs."""
+    def match(
+        opponent: str,
+        runs: int,
+        *,
+        store: bool,
+        checkpoint: int = newest,
+        search: Settings = settings,
+    ) -> dict[str, Any]:
+        """`checkpoint` (default: the newest) vs `opponent`, searching with `search`'s
+        settings; stored (and so rated) only at the evaluation's runs per move: a label
+        is one player in the ratings whatever its runs."""
         t = time.time()
         summary = run_match(
-            str(newest), opponent, games, runs, MATCH_SEED, settings, r if store else None,
-            keys, match_id=f"bench:{newest}:{opponent}@{runs}",
+            str(checkpoint), opponent, games, runs, MATCH_SEED, search, r if store else None,
+            keys, match_id=f"bench:{checkpoint}:{opponent}@{runs}",
         )  # fmt: skip
         cpu = summary["cpu_ms_per_move"][0]
         print(
@@ -368,7 +377,6 @@ def evaluate(
             f"({time.time() - t:.0f} s)",
             flush=True,
         )
-        summaries[opponent] = summary
         return summary
 
     runs = settings.arena_runs_per_move
@@ -380,6 +388,15 @@ def evaluate(
     # net_runs (batched over the games in flight, search and Python included).
     think_ms = max(1, round(vs_uct[0]["cpu_ms_per_move"][0]))
     vs_timed = match(f"uct@{think_ms}", net_runs, store=False)
+    # With random playouts mixed into the leaf values, what the score against the first
+    # UCT player owes to the network and what to the search: the newest network without
+    # playouts, and the untrained checkpoint 0 with them.
+    controls: dict[str, dict[str, Any]] = {}
+    if settings.random_playouts > 0:
+        first = final["uct"][0]
+        bare = settings.replace(random_playouts=0)
+        controls[f"network_alone_vs_{first}"] = match(first, net_runs, store=False, search=bare)
+        controls[f"checkpoint0_vs_{first}"] = match(first, net_runs, store=False, checkpoint=0)
 
     # Offline metrics for every checkpoint the evaluation ticks had not reached.
     have = {int(k) for k in r.hkeys(keys.checkpoint_metrics)}
@@ -404,6 +421,7 @@ def evaluate(
         "vs_mcts": rounded(vsm),
         **{f"vs_{opp}": rounded(s) for opp, s in zip(final["uct"], vs_uct, strict=True)},
         "vs_uct@T": rounded(vs_timed),
+        **{name: rounded(s) for name, s in controls.items()},
         "uct_think_ms": think_ms,
         # Issue 8's targets, now on the lower ends of the intervals.
         "issue8_targets_met": vs0["ci"][0] >= 0.75 and vsm["ci"][0] > 0.5,

@@ -31,6 +31,7 @@ def result(argv: list[str], score: float, low: float) -> dict:
         "uct_think_ms": 61,
         "vs_checkpoint0": match(1.0, 0.963, 1.0),
         "vs_mcts": match(0.77, 0.706, 0.83),
+        "network_alone_vs_uct:800": match(0.55, 0.48, 0.62),
         "net_runs_vs_uct": 800,
         "runs_per_move": 64,
         "games_per_match": 200,
@@ -56,7 +57,8 @@ def test_the_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "no-symmetry.json").write_text(
         json.dumps(result(["--symmetry", "off"], 0.48, 0.41))
     )
-    (tmp_path / "extra.json").write_text(json.dumps(result(["--set", "UCT_C=3"], 0.5, 0.43)))
+    extra = ["--out", "x.json", "--set", "UCT_C=3", "--data-dir", "/tmp/d"]
+    (tmp_path / "extra.json").write_text(json.dumps(result(extra, 0.5, 0.43)))
     assert ablations.main(["table", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
@@ -65,7 +67,7 @@ def test_the_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[1] == (
         "| the quick start (recommended) | 30 | 52, 493,604 | **0.620** (0.550-0.690) "
         "| 0.310 (0.250-0.380) | 0.200 (0.150-0.260) | **1.000** (0.963-1.000) "
-        "| **0.770** (0.706-0.830) |"
+        "| **0.770** (0.706-0.830) | 0.550 (0.480-0.620) | - |"
     )
     assert rows[2].startswith("| without symmetry | 30 | 52, 493,604 | 0.480 (0.410-0.550) |")
     assert rows[3].startswith("| `--set UCT_C=3` |")
