@@ -9,7 +9,7 @@ quiet machine: the pipeline's throughput (and so the strength reached in the tim
 depends on the load, the arena's scores do not.
 
     python bench/ablations.py list                   # the command of each run
-    python bench/ablations.py run RESULTS [NAME...]  # all runs (~4.5 hours) or the named
+    python bench/ablations.py run RESULTS [NAME...]  # all runs (~8 hours) or the named
     python bench/ablations.py table RESULTS          # README tables from RESULTS/*.json
 """
 

@@ -33,8 +33,8 @@ lower ends too.
 Ablations, each a separate run of the same length (quote both sides with intervals):
 ``--symmetry on|off`` (HEXZ_TRAIN_SYMMETRIES), ``--fpu fixed|reference``
 (HEXZ_FPU_REFERENCE), ``--fast-moves on|off`` (FAST_MOVES: playout cap randomisation at
-the same mean runs per move) and ``--set NAME=VALUE`` for any other setting (the value
-target's mix, once it exists).
+the same mean runs per move) and ``--set NAME=VALUE`` for any other setting (e.g.
+VALUE_TARGET_Q_WEIGHT=0, RANDOM_PLAYOUTS=0); bench/ablations.py lists the study's runs.
 
 Configuration choice for 2 cores: a small net (conv2d, 3 blocks, 32 filters: ~10k
 evaluations/s on one core) so self-play makes many games (64 runs per move, ~140
@@ -47,9 +47,14 @@ player to move is stuck and behind, and moves drawn by visits only for the first
 for the whole game (the reference) the score against pure MCTS was 0.465-0.495 after 30
 minutes; with it, 0.72 and 0.77 in two runs (README). The likely reason: greedy play
 after the opening makes the game results (the value target) less noisy and the positions
-closer to those the arena plays. ``--quick`` (under a minute: 24 s of pipeline, 4-game
-matches, the network at 16 runs against uct:50 and uct:200) only proves that every part
-runs: it does not train long enough to learn.
+closer to those the arena plays. Issue 14 added, after 10-minute screens (README): leaf
+values half network, half the mean of two random playouts (in the arena alone it took a
+10-minute checkpoint from 0.025 to 0.69 against uct:800; in self-play too, with the
+next two, to 0.985-1.0), the value target half result, half search value, random board
+symmetries, and fast moves at the same 64 runs per move on average.
+``--quick`` (under a minute: 24 s of pipeline, 4-game matches, the network at 16 runs
+against uct:50 and uct:200) only proves that every part runs: it does not train long
+enough to learn.
 """
 
 from __future__ import annotations
