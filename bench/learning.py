@@ -18,13 +18,17 @@ during the run and the final ones), and, as the last line, one JSON object.
   800 runs in the match against uct:800 (its searches, its share of the arena's Python
   loop and its batched inference over the games in flight; all cores are the arena's
   then). So both sides get the same CPU time per move, as "strength per CPU-hour" asks;
-  the UCT search runs on one thread, and the UCT moves of different games in parallel.
+  the UCT search runs on one thread, and the UCT moves of different games in parallel;
+- with RANDOM_PLAYOUTS (the leaf values mixed with random playouts), two controls
+  against uct:800: the newest network without the playouts, and the untrained
+  checkpoint 0 with them (what the search alone achieves).
 
 It prints the scores with 95 % intervals (hexz_tasks.intervals.paired_score), the
 Bradley-Terry rating curve over every stored game (the automatic evaluation's matches
 during the run, against checkpoint 0, the predecessor and ARENA_BASELINES, and the final
 matches at 64 runs; the 800-run matches are not stored, so that a checkpoint's label
-means one strength), and, as the last line, one JSON object.
+means one strength), and, as the last line, one JSON object (also written to ``--out``;
+bench/ablations.py runs the ablation study with it and tabulates the files).
 
 Target (issue 14): the LOWER end of the interval against uct:800 above 0.5. Issue 8's
 targets (>= 0.75 against checkpoint 0, > 0.5 against pure MCTS) are reported on the
@@ -33,8 +37,8 @@ lower ends too.
 Ablations, each a separate run of the same length (quote both sides with intervals):
 ``--symmetry on|off`` (HEXZ_TRAIN_SYMMETRIES), ``--fpu fixed|reference``
 (HEXZ_FPU_REFERENCE), ``--fast-moves on|off`` (FAST_MOVES: playout cap randomisation at
-the same mean runs per move) and ``--set NAME=VALUE`` for any other setting (the value
-target's mix, once it exists).
+the same mean runs per move) and ``--set NAME=VALUE`` for any other setting (e.g.
+VALUE_TARGET_Q_WEIGHT=0, RANDOM_PLAYOUTS=0); bench/ablations.py lists the study's runs.
 
 Configuration choice for 2 cores: a small net (conv2d, 3 blocks, 32 filters: ~10k
 evaluations/s on one core) so self-play makes many games (64 runs per move, ~140
@@ -47,9 +51,14 @@ player to move is stuck and behind, and moves drawn by visits only for the first
 for the whole game (the reference) the score against pure MCTS was 0.465-0.495 after 30
 minutes; with it, 0.72 and 0.77 in two runs (README). The likely reason: greedy play
 after the opening makes the game results (the value target) less noisy and the positions
-closer to those the arena plays. ``--quick`` (under a minute: 24 s of pipeline, 4-game
-matches, the network at 16 runs against uct:50 and uct:200) only proves that every part
-runs: it does not train long enough to learn.
+closer to those the arena plays. Issue 14 added, after 10-minute screens (README): leaf
+values half network, half the mean of two random playouts (in the arena alone it took a
+10-minute checkpoint from 0.025 to 0.69 against uct:800; in self-play too, with the
+next two, to 0.985-1.0), the value target half result, half search value, random board
+symmetries, and fast moves at the same 64 runs per move on average.
+``--quick`` (under a minute: 24 s of pipeline, 4-game matches, the network at 16 runs
+against uct:50 and uct:200) only proves that every part runs: it does not train long
+enough to learn.
 """
 
 from __future__ import annotations
@@ -72,7 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.private_redis import private_redis
 from hexz_tasks.keys import Keys
-from hexz_tasks.launcher import QUICKSTART
+from hexz_tasks.launcher import QUICKSTART, QUICKSTART_FAST_MOVES
 from hexz_tasks.progress import bar, timed
 from hexz_tasks.settings import Settings
 
@@ -91,10 +100,9 @@ CONFIG: dict[str, Any] = {
 QUICK: dict[str, Any] = {"REPLAY_BUFFER_SIZE": 4096, "ARENA_INTERVAL_S": 20, "GAMES_IN_FLIGHT": 8}
 QUICK_MINUTES = 0.4
 SELFPLAY_PROCESSES = 2
-# Playout cap randomisation (--fast-moves on): a quarter of the moves searched with 160
-# runs and recorded, the rest with 32 runs and not: the same 64 runs per move on average.
-FAST_MOVES: dict[str, Any] = {"RUNS_PER_MOVE": 160, "RUNS_PER_FAST_MOVE": 32,
-                              "FAST_MOVE_PROB": 0.75}  # fmt: skip
+# Playout cap randomisation (--fast-moves on): the quick start's, 64 runs per move on
+# average; --fast-moves off searches every move with that mean.
+FAST_MOVES: dict[str, Any] = {k.removeprefix("HEXZ_"): v for k, v in QUICKSTART_FAST_MOVES.items()}
 # The yardstick after the run: the network at net_runs runs per move against the game
 # server's CPU player at these iterations (the first is the target's), then at equal
 # think time; --quick shrinks all of it.
@@ -192,6 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--games", type=int, default=200, help="games per final match (even)")
     ap.add_argument("--data-dir", type=Path, default=None, help="keep everything here")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON object here")
     ablation = ap.add_argument_group("ablations (default: the configuration's choice)")
     ablation.add_argument(
         "--symmetry", choices=["on", "off"], help="train on random board symmetries"
@@ -224,13 +233,20 @@ def configuration(args: argparse.Namespace) -> dict[str, Any]:
     if args.fast_moves == "on":
         config.update(FAST_MOVES)
     elif args.fast_moves == "off":
-        config["FAST_MOVE_PROB"] = 0
+        config.update(FAST_MOVE_PROB=0, RUNS_PER_MOVE=mean_runs_per_move(config))
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise SystemExit(f"--set needs NAME=VALUE, got {item!r}")
         config[name.strip().upper().removeprefix("HEXZ_")] = value.strip()
     return config
+
+
+def mean_runs_per_move(config: dict[str, Any]) -> int:
+    """Runs per move on average with the configuration's fast moves (none: RUNS_PER_MOVE)."""
+    p = float(config.get("FAST_MOVE_PROB", 0))
+    full = float(config["RUNS_PER_MOVE"])
+    return round((1 - p) * full + p * float(config.get("RUNS_PER_FAST_MOVE", full)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     learning = {**config, "MODEL_NAME": "learning"}
     matches = QUICK_MATCHES if args.quick else FINAL_MATCHES
     with private_pipeline(learning, PREFIX, args.data_dir) as (env, settings, data):
-        return evaluate(env, settings, minutes, games, data, config, matches)
+        result = evaluate(env, settings, minutes, games, data, config, matches)
+    result["argv"] = sys.argv[1:] if argv is None else argv
+    print(json.dumps(result))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
 
 
 @contextlib.contextmanager
@@ -288,7 +310,7 @@ def evaluate(
     data: Path,
     config: dict[str, Any],
     final: dict[str, Any],
-) -> int:
+) -> dict[str, Any]:
     import redis
     import torch
 
@@ -308,16 +330,23 @@ def evaluate(
     print(f"pipeline stopped after {trained_s:.0f} s: {stats}; newest checkpoint {newest}")
 
     torch.set_num_threads(os.cpu_count() or 1)  # the pipeline is stopped: all cores are ours
-    summaries: dict[str, dict[str, Any]] = {}
 
-    def match(opponent: str, runs: int, *, store: bool) -> dict[str, Any]:
-        """Newest vs `opponent`; stored (and so rated) only at the evaluation's runs per
-        move: a label is one player in the ratings whatever its runs."""
+    def match(
+        opponent: str,
+        runs: int,
+        *,
+        store: bool,
+        checkpoint: int = newest,
+        search: Settings = settings,
+    ) -> dict[str, Any]:
+        """`checkpoint` (default: the newest) vs `opponent`, searching with `search`'s
+        settings; stored (and so rated) only at the evaluation's runs per move: a label
+        is one player in the ratings whatever its runs."""
         t = time.time()
-        with bar(games, f"{newest} vs {opponent}", unit="game") as shown:
+        with bar(games, f"{checkpoint} vs {opponent}", unit="game") as shown:
             summary = run_match(
-                str(newest), opponent, games, runs, MATCH_SEED, settings, r if store else None,
-                keys, match_id=f"bench:{newest}:{opponent}@{runs}",
+                str(checkpoint), opponent, games, runs, MATCH_SEED, search, r if store else None,
+                keys, match_id=f"bench:{checkpoint}:{opponent}@{runs}",
                 on_game=lambda _: shown.update(),
             )  # fmt: skip
         cpu = summary["cpu_ms_per_move"][0]
@@ -326,7 +355,6 @@ def evaluate(
             f"({time.time() - t:.0f} s)",
             flush=True,
         )
-        summaries[opponent] = summary
         return summary
 
     runs = settings.arena_runs_per_move
@@ -338,6 +366,15 @@ def evaluate(
     # net_runs (batched over the games in flight, search and Python included).
     think_ms = max(1, round(vs_uct[0]["cpu_ms_per_move"][0]))
     vs_timed = match(f"uct@{think_ms}", net_runs, store=False)
+    # With random playouts mixed into the leaf values, what the score against the first
+    # UCT player owes to the network and what to the search: the newest network without
+    # playouts, and the untrained checkpoint 0 with them.
+    controls: dict[str, dict[str, Any]] = {}
+    if settings.random_playouts > 0:
+        first = final["uct"][0]
+        bare = settings.replace(random_playouts=0)
+        controls[f"network_alone_vs_{first}"] = match(first, net_runs, store=False, search=bare)
+        controls[f"checkpoint0_vs_{first}"] = match(first, net_runs, store=False, checkpoint=0)
 
     # Offline metrics for every checkpoint the evaluation ticks had not reached.
     have = {int(k) for k in r.hkeys(keys.checkpoint_metrics)}
@@ -351,6 +388,7 @@ def evaluate(
     ratings, _ = fit_stored(settings, r, keys)
     newest_rating = ratings.get(f"{settings.model_name}:{newest}")
     target = vs_uct[0]["ci"][0] > 0.5
+    minutes = saved_minutes(r, keys, started)
     print(
         f"target: lower end vs {final['uct'][0]} at {net_runs} runs per move "
         f"{vs_uct[0]['ci'][0]:.3f} > 0.5: {'met' if target else 'NOT met'}"
@@ -361,6 +399,7 @@ def evaluate(
         "vs_mcts": rounded(vsm),
         **{f"vs_{opp}": rounded(s) for opp, s in zip(final["uct"], vs_uct, strict=True)},
         "vs_uct@T": rounded(vs_timed),
+        **{name: rounded(s) for name, s in controls.items()},
         "uct_think_ms": think_ms,
         # Issue 8's targets, now on the lower ends of the intervals.
         "issue8_targets_met": vs0["ci"][0] >= 0.75 and vsm["ci"][0] > 0.5,
@@ -373,14 +412,26 @@ def evaluate(
         "pipeline_s": round(trained_s),
         "elo_newest": None if newest_rating is None else round(newest_rating.elo),
         "elo_baselines": {rt.player: round(rt.elo) for rt in others},
+        # Per checkpoint: minutes after the start at which it was saved, Elo and its 95 %
+        # interval (checkpoint 0 = 0), held-out metrics.
         "rating_curve": [
-            [e["checkpoint"], e.get("rating"), e.get("policy_ce"), e.get("value_mse")]
+            {
+                "checkpoint": e["checkpoint"],
+                "minute": minutes.get(e["checkpoint"]),
+                **{k: e.get(k) for k in ("rating", "low", "high", "policy_ce", "value_mse")},
+            }
             for e in curve
         ],
         "configuration": {**config, "selfplay_processes": SELFPLAY_PROCESSES},
     }
-    print(json.dumps(result))
-    return 0
+    return result
+
+
+def saved_minutes(r: Any, keys: Keys, started: float) -> dict[int, float]:
+    """Checkpoint -> minutes from `started` (a time.time()) to the end of its training,
+    from the recorded training runs."""
+    runs = (json.loads(x) for x in r.lrange(keys.training_runs, 0, -1))
+    return {run["checkpoint"]: round((run["finished"] - started) / 60, 1) for run in runs}
 
 
 if __name__ == "__main__":

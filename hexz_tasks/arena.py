@@ -230,11 +230,10 @@ def play_match(
     players = (a, b)
     budgets = tuple(p.spec.iterations or runs for p in players)
     # The search settings of self-play, without noise; pure MCTS: one random playout
-    # stands in for the network's value at each leaf.
+    # is the value of each leaf.
     kwargs = {**search_kwargs(settings), "dirichlet_concentration": 0.0}
-    search_kw = tuple(
-        {**kwargs, "random_playouts": 1} if p.spec.kind == "mcts" else kwargs for p in players
-    )
+    pure = {**kwargs, "random_playouts": 1, "random_playout_weight": 1.0}
+    search_kw = tuple(pure if p.spec.kind == "mcts" else kwargs for p in players)
     boards = [np.zeros((games, *BOARD_SHAPE), dtype=np.float32) for _ in players]
     masks = [np.zeros((games, *MASK_SHAPE), dtype=bool) for _ in players]
     result = MatchResult(match_id or uuid.uuid4().hex, a.label, b.label, runs, seed)

@@ -21,8 +21,9 @@ Format version 2 (:data:`FORMAT_VERSION`); per example, n examples in a batch:
 - ``result`` (n,) i1: the final result for the player to move (-1, 0, 1).
 - ``root_q`` (n,) f2: the root's search value (mean backed-up result, player to move's
   view); NaN where unknown (examples from the edge or of format version 1).
-- ``value`` (n,) f4: the network's value of the root; ``priors`` f2, ragged like counts:
-  the root's priors (noise included).
+- ``value`` (n,) f4: the network's value of the root (mixed with random playouts, as
+  the search used it, when RANDOM_PLAYOUTS > 0); ``priors`` f2, ragged like counts: the
+  root's priors (noise included).
 - ``turn`` (n,) i4; ``move`` (n, 5) i4: the move played as GameEngineMove (player_num,
   move number, row, col, cell_type); ``unix_micros`` (n,) i8.
 - ``model_ckpt`` (n,) i4, ``model_name_idx`` (n,) i2 into ``names`` (u1: JSON list of

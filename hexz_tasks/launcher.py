@@ -33,14 +33,28 @@ PROCESSES: dict[str, str] = {
     "web": "hexz serve",
 }
 
+# Playout cap randomisation (KataGo's "fast moves") at 64 runs per move on average: a
+# quarter of the moves is searched with 160 runs and recorded as examples, the rest with
+# 32 runs and not.
+QUICKSTART_FAST_MOVES: dict[str, str] = {
+    "HEXZ_RUNS_PER_MOVE": "160",
+    "HEXZ_RUNS_PER_FAST_MOVE": "32",
+    "HEXZ_FAST_MOVE_PROB": "0.75",
+}
+
 # Quick-start settings `hexz run` uses where the environment sets nothing (the spec's
 # defaults are sized for a GPU trainer and many CPU cores): the configuration
-# bench/learning.py measured on 2 cores (it beats pure MCTS after 30 minutes; README).
+# bench/learning.py measures on 2 cores (README, "Learning"). Besides the small network
+# and replay training: symmetries, fast moves, the value target half result, half search
+# value, and leaf values half network, half two random playouts (in self-play, the
+# arena and the CPU player).
 QUICKSTART: dict[str, str] = {
     "HEXZ_MODEL_TYPE": "conv2d",
     "HEXZ_MODEL_BLOCKS": "3",
     "HEXZ_MODEL_FILTERS": "32",
-    "HEXZ_RUNS_PER_MOVE": "64",
+    **QUICKSTART_FAST_MOVES,
+    "HEXZ_RANDOM_PLAYOUTS": "2",
+    "HEXZ_RANDOM_PLAYOUT_WEIGHT": "0.5",
     "HEXZ_GAMES_IN_FLIGHT": "32",
     "HEXZ_DIRICHLET_CONCENTRATION": "0.35",
     "HEXZ_END_GAME_WHEN_STUCK": "true",
@@ -49,6 +63,8 @@ QUICKSTART: dict[str, str] = {
     "HEXZ_REPLAY_BUFFER_SIZE": str(2**15),
     "HEXZ_REPLAY_BUFFER_REUSE": "4",
     "HEXZ_BATCH_SIZE": "256",
+    "HEXZ_TRAIN_SYMMETRIES": "true",
+    "HEXZ_VALUE_TARGET_Q_WEIGHT": "0.5",
     "HEXZ_ARENA_RUNS_PER_MOVE": "64",
     "HEXZ_ARENA_GAMES": "10",
     "HEXZ_ARENA_INTERVAL_S": "60",

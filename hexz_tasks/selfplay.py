@@ -59,6 +59,7 @@ def search_kwargs(settings: Settings) -> dict[str, Any]:
         "initial_q_penalty": settings.initial_q_penalty,
         "dirichlet_concentration": settings.dirichlet_concentration,
         "random_playouts": settings.random_playouts,
+        "random_playout_weight": settings.random_playout_weight,
         "end_game_when_stuck": settings.end_game_when_stuck,
         "eval_cache": settings.eval_cache,
         "fpu_reference": settings.fpu_reference,

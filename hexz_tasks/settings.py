@@ -63,7 +63,11 @@ class Settings:
     initial_root_q_value: float = -0.2
     initial_q_penalty: float = 0.3
     dirichlet_concentration: float = 0.0
+    # > 0: each leaf's value is mixed with the mean result of this many random playouts,
+    # (1 - w) * network value + w * playouts, w = random_playout_weight (1, the reference:
+    # the playouts replace the network's value).
     random_playouts: int = 0
+    random_playout_weight: float = 1.0
     # Resign (end the game, the player to move loses) once the root value of the
     # player to move falls below this; None = off.
     resign_threshold: float | None = None
@@ -132,6 +136,10 @@ class Settings:
     # Train on a random symmetry of each example (the left-right mirror, the up-down
     # mirror, their composition or none); off = the examples as played (the reference).
     train_symmetries: bool = False
+    # The value head's target: (1 - w) * game result + w * the root's search value
+    # (root_q; the result alone where an example has none). 0 = the result only (the
+    # reference); the search value is less noisy than one game's result.
+    value_target_q_weight: float = 0.0
     # Seconds between beat ticks of the training task.
     training_check_interval_s: float = 5.0
 
@@ -289,8 +297,9 @@ class Settings:
             )
         if self.sampled_moves is not None and self.sampled_moves < 0:
             raise SettingsError(f"HEXZ_SAMPLED_MOVES must be >= 0, got {self.sampled_moves}")
-        if not 0.0 <= self.fast_move_prob <= 1.0:
-            raise SettingsError(f"HEXZ_FAST_MOVE_PROB must be in [0, 1], got {self.fast_move_prob}")
+        for name in ["fast_move_prob", "random_playout_weight", "value_target_q_weight"]:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise SettingsError(f"{_var(name)} must be in [0, 1], got {getattr(self, name)}")
         if not -1.0 <= self.initial_root_q_value <= 1.0:
             raise SettingsError(
                 f"HEXZ_INITIAL_ROOT_Q_VALUE must be in [-1, 1], got {self.initial_root_q_value}"

@@ -10,7 +10,8 @@ Modes (shared/spec/selfplay-and-training.md, "When and how to train"):
   newest ``replay_buffer_size`` examples.
 
 With ``train_symmetries`` each example of a batch is trained under a random symmetry
-of the board (hexz_tasks.symmetry).
+of the board (hexz_tasks.symmetry). With ``value_target_q_weight`` w the value head's
+target is ``(1 - w) * result + w * root_q`` (:func:`value_targets`).
 
 "New" is the store's durable example counter minus the total recorded in the latest
 checkpoint's stats.json, so a restarted trainer decides the same. The optimiser state
@@ -91,6 +92,15 @@ def batch_indices(settings: Settings, n: int, rng: np.random.Generator) -> list[
     return out
 
 
+def value_targets(results: np.ndarray, root_q: np.ndarray, q_weight: float) -> np.ndarray:
+    """The value head's targets: ``(1 - q_weight) * results + q_weight * root_q``, and the
+    result alone where root_q is unknown (NaN: examples from the edge, format 1)."""
+    if q_weight == 0:
+        return results
+    mixed = (1 - q_weight) * results + q_weight * root_q
+    return np.where(np.isnan(root_q), results, mixed).astype(np.float32)
+
+
 def prefetch(
     window: Window,
     batches: list[np.ndarray],
@@ -98,17 +108,20 @@ def prefetch(
     workers: int = 1,
     depth: int = 4,
     symmetry_seed: int | None = None,
+    q_weight: float = 0.0,
 ) -> Iterator[Tensors]:
     """Decodes batches in background threads (NumPy releases the GIL), `depth` batches
     ahead, so the model step never waits for data. Yields CPU tensors (pinned if `pin`)
-    in order. With a `symmetry_seed`, each example is under a random symmetry (drawn
-    from the seed and the batch number, so reproducible)."""
+    in order: boards, masks, move probabilities and value targets (:func:`value_targets`
+    with `q_weight`). With a `symmetry_seed`, each example is under a random symmetry
+    (drawn from the seed and the batch number, so reproducible)."""
 
     def make(i: int, idx: np.ndarray) -> Tensors:
         b = window.batch(idx)
         if symmetry_seed is not None:
             b = random_symmetries(b, np.random.default_rng([symmetry_seed, i]))
-        ts = tuple(torch.from_numpy(a) for a in (b.boards, b.masks, b.move_probs, b.results))
+        values = value_targets(b.results, b.root_q, q_weight)
+        ts = tuple(torch.from_numpy(a) for a in (b.boards, b.masks, b.move_probs, values))
         return tuple(t.pin_memory() for t in ts) if pin else ts
 
     todo = enumerate(batches)
@@ -235,15 +248,22 @@ def train_checkpoint(
     # On CPU one decoding thread suffices (the step needs the cores); a GPU eats faster.
     workers = min(4, os.cpu_count() or 1) if cuda else 1
     t_loop = time.perf_counter()
-    batch_iter = prefetch(window, batches, pin, workers, symmetry_seed=symmetry_seed)
+    batch_iter = prefetch(
+        window,
+        batches,
+        pin,
+        workers,
+        symmetry_seed=symmetry_seed,
+        q_weight=settings.value_target_q_weight,
+    )
     with contextlib.closing(batch_iter):
-        for i, (boards, masks, probs, results) in enumerate(batch_iter):
+        for i, (boards, masks, probs, targets) in enumerate(batch_iter):
             boards = boards.to(device, non_blocking=pin)  # (B, 11, 11, 10)
             if cuda:
                 boards = boards.contiguous(memory_format=torch.channels_last)
             masks = masks.to(device, non_blocking=pin)  # (B, 2, 11, 10)
             probs = probs.to(device, non_blocking=pin)  # (B, 220)
-            results = results.to(device, non_blocking=pin)  # (B,)
+            targets = targets.to(device, non_blocking=pin)  # (B,) value targets
             lr = learning_rate(settings, step)
             learning_rates.append(lr)
             for group in optimizer.param_groups:
@@ -252,12 +272,12 @@ def train_checkpoint(
                 logits, value = model(boards, masks)  # (B, 220), (B, 1)
             # Illegal logits are -1e32 and their targets 0, so they add exactly 0.
             policy_loss = -(probs * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
-            value_loss = F.mse_loss(value.float().squeeze(1), results)
+            value_loss = F.mse_loss(value.float().squeeze(1), targets)
             optimizer.zero_grad(set_to_none=True)
             (policy_loss + value_loss).backward()
             optimizer.step()
             step += 1
-            b = len(results)
+            b = len(targets)
             samples += b
             epoch_samples += b
             step_losses[i] = torch.stack([policy_loss.detach(), value_loss.detach()])

@@ -41,13 +41,15 @@ cdef uint64_t _seed(seed) except? 0:
 
 cdef SearchParams _search_params(
     float uct_c, float initial_root_q_value, float initial_q_penalty,
-    float dirichlet_concentration, int random_playouts, bint end_game_when_stuck,
-    bint eval_cache, bint fpu_reference,
+    float dirichlet_concentration, int random_playouts, float random_playout_weight,
+    bint end_game_when_stuck, bint eval_cache, bint fpu_reference,
 ) except *:
     if dirichlet_concentration < 0:
         raise ValueError(f"dirichlet_concentration must be >= 0, got {dirichlet_concentration}")
     if random_playouts < 0:
         raise ValueError(f"random_playouts must be >= 0, got {random_playouts}")
+    if not 0.0 <= random_playout_weight <= 1.0:
+        raise ValueError(f"random_playout_weight must be in [0, 1], got {random_playout_weight}")
     cdef SearchParams p
     p.uct_c = uct_c
     p.initial_root_q_value = initial_root_q_value
@@ -55,6 +57,7 @@ cdef SearchParams _search_params(
     p.dirichlet_concentration = dirichlet_concentration
     p.noise_weight = 0.25
     p.random_playouts = random_playouts
+    p.random_playout_weight = random_playout_weight
     p.end_game_when_stuck = end_game_when_stuck
     p.eval_cache = eval_cache
     p.fpu_reference = fpu_reference
@@ -107,13 +110,15 @@ cdef class Search:
         self, board, int player=0, seed=0, *, float uct_c=1.5,
         float initial_root_q_value=-0.2, float initial_q_penalty=0.3,
         float dirichlet_concentration=0.0, int random_playouts=0,
-        bint end_game_when_stuck=False, bint eval_cache=True, bint fpu_reference=False,
+        float random_playout_weight=1.0, bint end_game_when_stuck=False,
+        bint eval_cache=True, bint fpu_reference=False,
     ):
         if player != 0 and player != 1:
             raise ValueError(f"player must be 0 or 1, got {player}")
         cdef SearchParams p = _search_params(
             uct_c, initial_root_q_value, initial_q_penalty, dirichlet_concentration,
-            random_playouts, end_game_when_stuck, eval_cache, fpu_reference,
+            random_playouts, random_playout_weight, end_game_when_stuck, eval_cache,
+            fpu_reference,
         )
         cdef Board b = _board_from(board)
         self.c = new Mcts(p, _seed(seed))
@@ -343,7 +348,8 @@ cdef class SelfPlay:
         sampled_moves=None, resign_threshold=None, float uct_c=1.5,
         float initial_root_q_value=-0.2, float initial_q_penalty=0.3,
         float dirichlet_concentration=0.0, int random_playouts=0,
-        bint end_game_when_stuck=False, bint eval_cache=True, bint fpu_reference=False,
+        float random_playout_weight=1.0, bint end_game_when_stuck=False,
+        bint eval_cache=True, bint fpu_reference=False,
         model_name=None, int checkpoint=0,
     ):
         if n_games is not None and not 0 <= n_games < 2**31:
@@ -361,7 +367,8 @@ cdef class SelfPlay:
         cdef SelfPlayParams p
         p.search = _search_params(
             uct_c, initial_root_q_value, initial_q_penalty, dirichlet_concentration,
-            random_playouts, end_game_when_stuck, eval_cache, fpu_reference,
+            random_playouts, random_playout_weight, end_game_when_stuck, eval_cache,
+            fpu_reference,
         )
         p.runs_per_move = runs_per_move
         p.runs_per_fast_move = runs_per_fast_move

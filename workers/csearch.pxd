@@ -17,6 +17,7 @@ cdef extern from "mcts.h" namespace "hexz" nogil:
         float dirichlet_concentration
         float noise_weight
         int random_playouts
+        float random_playout_weight
         bool end_game_when_stuck
         bool eval_cache
         bool fpu_reference

@@ -214,14 +214,14 @@ bool Mcts::ExpandFromCache() {
   leaf_key_ = HashTensor(leaf_tensor_.data());
   const auto it = table_.find(leaf_key_);
   if (it == table_.end()) return false;
-  const Node& same = nodes_[it->second];
+  const Node& same = nodes_[it->second.node];
   // Only legal moves are read; the rest of cached_probs_ may hold stale values.
   for (int i = 0; i < same.num_children; i++) {
     const Node& c = nodes_[same.first_child + i];
     cached_probs_[c.policy_index] = c.prior;
   }
   cache_hits_++;
-  Expand(cached_probs_.data(), same.value);
+  Expand(cached_probs_.data(), it->second.value);
   return true;
 }
 
@@ -229,7 +229,7 @@ void Mcts::Feed(const float* probs, float value) {
   assert(pending_);
   pending_ = false;
   evaluations_++;
-  if (params_.eval_cache) table_[leaf_key_] = path_.back();
+  if (params_.eval_cache) table_[leaf_key_] = CachedEval{path_.back(), value};
   Expand(probs, value);
 }
 
@@ -266,7 +266,8 @@ void Mcts::Expand(const float* probs, float value) {
       total += b.RandomPlayout(mover, rng_);
     }
     const float x = static_cast<float>(total) / params_.random_playouts;  // player 0's view
-    value = mover == 0 ? x : -x;
+    const float w = params_.random_playout_weight;
+    value = (1 - w) * value + w * (mover == 0 ? x : -x);
   }
   leaf.value = value;
   if (leaf_index == 0 && noise_ && !noise_mixed_) MixNoise();
@@ -303,11 +304,11 @@ void Mcts::MakeMove(int child) {
   std::swap(nodes_, scratch_);
   if (remap) {
     for (auto it = table_.begin(); it != table_.end();) {
-      const int32_t moved = remap_[it->second];
+      const int32_t moved = remap_[it->second.node];
       if (moved < 0) {
         it = table_.erase(it);
       } else {
-        it->second = moved;
+        it->second.node = moved;
         ++it;
       }
     }

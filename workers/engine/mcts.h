@@ -29,9 +29,12 @@ struct SearchParams {
   // Dirichlet noise at the root of full moves; 0 = off.
   float dirichlet_concentration = 0.0f;
   float noise_weight = 0.25f;
-  // > 0: a leaf's value is the mean result of this many random playouts
-  // instead of the network's value (the priors still come from the network).
+  // > 0: a leaf's value is mixed with the mean result z of this many random playouts
+  // from it: (1 - random_playout_weight) * network value + random_playout_weight * z
+  // (AlphaGo's leaf evaluation; the priors still come from the network). Weight 1, the
+  // reference: the playouts replace the network's value.
   int random_playouts = 0;
+  float random_playout_weight = 1.0f;
   // A position whose player to move has no legal move and a strictly lower score
   // is terminal (the result can no longer change). Off in the reference.
   bool end_game_when_stuck = false;
@@ -51,7 +54,8 @@ struct SearchParams {
 struct Node {
   float prior = 0;
   float wins = 0;   // sum of backed-up results, view of the player who made the move
-  float value = 0;  // network value of the position, view of next_turn
+  float value = 0;  // value of the position (the network's, mixed with random playouts
+                    // if random_playouts > 0), view of next_turn
   int32_t visits = 0;
   int32_t first_child = -1;
   uint8_t policy_index = 0;  // the move leading here: typ * 110 + r * 10 + c
@@ -158,7 +162,8 @@ class Mcts {
   // terminal when nobody can move (or end_game_when_stuck applies).
   void PrepareLeaf(Node& leaf);
   void MixNoise();
-  // Creates the pending leaf's children (random order) with priors from probs.
+  // Creates the pending leaf's children (random order) with priors from probs;
+  // value is the network's (LeafPlayer's view).
   void Expand(const float* probs, float value);
   // Expands the pending leaf from a transposition if there is one.
   bool ExpandFromCache();
@@ -173,7 +178,12 @@ class Mcts {
   std::array<float, kTensorSize> leaf_tensor_;
   uint64_t leaf_key_ = 0;
   std::vector<Move> leaf_moves_;
-  std::unordered_map<uint64_t, int32_t> table_;  // network input hash -> expanded node
+  // A network evaluation in the tree: the node it expanded and the network's value.
+  struct CachedEval {
+    int32_t node;
+    float value;
+  };
+  std::unordered_map<uint64_t, CachedEval> table_;  // network input hash -> evaluation
   std::vector<int32_t> remap_;                   // old -> new node index while compacting
   std::array<float, kPolicySize> cached_probs_;
   std::vector<double> gammas_;
