@@ -50,10 +50,17 @@ MATCHES = [
 ]
 
 
+# The ablations are compared on fewer games and matches than the full runs (about 12
+# instead of 45 minutes of matches each): the matches that depend on what training did.
+ABLATION_MATCHES = ["--matches", "ablation", "--games", "100"]
+FULL_RUNS = ("recommended", "two-hours")
+
+
 def command(name: str, results: Path, python: str = sys.executable) -> list[str]:
     _, flags = RUNS[name]
     learning = str(LEARNING.relative_to(ROOT))  # run from ROOT
-    return [python, learning, *flags, "--out", str(results / f"{name}.json")]
+    matches = [] if name in FULL_RUNS else ABLATION_MATCHES
+    return [python, learning, *flags, *matches, "--out", str(results / f"{name}.json")]
 
 
 def run(results: Path, names: list[str]) -> int:
@@ -116,11 +123,12 @@ def ablation_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     think = sorted({r["uct_think_ms"] for _, r in rows if "uct_think_ms" in r})
+    games = " or ".join(str(g) for g in sorted({r.get("games_per_match", 200) for _, r in rows}))
     lines.append("")
     lines.append(
         f"The network at {rows[0][1].get('net_runs_vs_uct', 800)} runs per move against UCT, "
         f"at {rows[0][1].get('runs_per_move', 64)} against checkpoint 0 and pure MCTS; "
-        f"{rows[0][1].get('games_per_match', 200)} games per match, paired seats, 95% "
+        f"{games} games per match, paired seats, 95% "
         f"intervals; T (ms, the network's CPU time per move): {', '.join(map(str, think))}. "
         "Bold: the lower end above 0.5."
     )

@@ -199,6 +199,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="well under a minute of pipeline, tiny matches"
     )
     ap.add_argument("--games", type=int, default=200, help="games per final match (even)")
+    ap.add_argument(
+        "--matches",
+        choices=["full", "ablation"],
+        default="full",
+        help="ablation: only the matches an ablation is compared on (no uct@T, no "
+        "checkpoint 0 + search control: neither depends on what training did)",
+    )
     ap.add_argument("--data-dir", type=Path, default=None, help="keep everything here")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON object here")
     ablation = ap.add_argument_group("ablations (default: the configuration's choice)")
@@ -256,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     config = configuration(args)
 
     learning = {**config, "MODEL_NAME": "learning"}
-    matches = QUICK_MATCHES if args.quick else FINAL_MATCHES
+    matches = {
+        **(QUICK_MATCHES if args.quick else FINAL_MATCHES),
+        "full": args.matches == "full",
+    }
     with private_pipeline(learning, PREFIX, args.data_dir) as (env, settings, data):
         result = evaluate(env, settings, minutes, games, data, config, matches)
     result["argv"] = sys.argv[1:] if argv is None else argv
@@ -365,7 +375,8 @@ def evaluate(
     # Equal think time: the UCT player gets the network's CPU time per move at
     # net_runs (batched over the games in flight, search and Python included).
     think_ms = max(1, round(vs_uct[0]["cpu_ms_per_move"][0]))
-    vs_timed = match(f"uct@{think_ms}", net_runs, store=False)
+    full = final.get("full", True)
+    vs_timed = match(f"uct@{think_ms}", net_runs, store=False) if full else None
     # With random playouts mixed into the leaf values, what the score against the first
     # UCT player owes to the network and what to the search: the newest network without
     # playouts, and the untrained checkpoint 0 with them.
@@ -374,7 +385,8 @@ def evaluate(
         first = final["uct"][0]
         bare = settings.replace(random_playouts=0)
         controls[f"network_alone_vs_{first}"] = match(first, net_runs, store=False, search=bare)
-        controls[f"checkpoint0_vs_{first}"] = match(first, net_runs, store=False, checkpoint=0)
+        if full:
+            controls[f"checkpoint0_vs_{first}"] = match(first, net_runs, store=False, checkpoint=0)
 
     # Offline metrics for every checkpoint the evaluation ticks had not reached.
     have = {int(k) for k in r.hkeys(keys.checkpoint_metrics)}
@@ -398,7 +410,7 @@ def evaluate(
         "vs_checkpoint0": rounded(vs0),
         "vs_mcts": rounded(vsm),
         **{f"vs_{opp}": rounded(s) for opp, s in zip(final["uct"], vs_uct, strict=True)},
-        "vs_uct@T": rounded(vs_timed),
+        **({"vs_uct@T": rounded(vs_timed)} if vs_timed is not None else {}),
         **{name: rounded(s) for name, s in controls.items()},
         "uct_think_ms": think_ms,
         # Issue 8's targets, now on the lower ends of the intervals.

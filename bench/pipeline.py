@@ -11,8 +11,13 @@ used are reported apart. The automatic evaluation (its own worker in the Procfil
 not started: it would share the cores with self-play.
 
 Measured:
-- examples_per_s, games_per_s: examples and games stored per second from the first
-  stored game to the end (complete games only: what reached the store);
+- examples_per_s, games_per_s: the rate self-play makes complete games at: its
+  evaluations per second (summed over the processes, from their progress entries, once
+  they play) over the evaluations per example of the games it stored (each process adds
+  up what its stored games cost: complete games only, at the deployed task shape).
+  A process's games start together, so the first ones finish in a wave minutes after the
+  start and the next wave later: the raw rate stored over [first game, end]
+  (stored_examples_per_s, also printed) swings with where the run stops in a wave;
 - first_game_s: from the start of the workers to the first stored game;
 - occupancy: mean share of the game slots in each network batch (1.0: every batch full);
 - checkpoints_behind: the newest published checkpoint minus the one self-play played
@@ -100,9 +105,10 @@ class Samples:
 
         self.r = redis.Redis.from_url(settings.redis_url)
         self.keys = Keys(PREFIX)
-        self.first_game: tuple[float, int, int] | None = None  # time, examples, games
+        self.first_game: tuple[float, int] | None = None  # time, examples stored
         self.behind: list[int] = []
         self.progress: dict[str, dict] = {}
+        self.evaluations: list[tuple[float, int]] = []  # (time, self-play's evaluations)
 
     def counters(self) -> dict[str, int]:
         from hexz_tasks.store import ExampleStore
@@ -115,8 +121,11 @@ class Samples:
 
         c = self.counters()
         if self.first_game is None and c["games"] > 0:
-            self.first_game = (now, c["examples"], c["games"])
+            self.first_game = (now, c["examples"])
         self.progress.update(live_progress(self.r, self.keys))
+        evaluations = sum(p["evaluations"] for p in self.progress.values())
+        if evaluations:
+            self.evaluations.append((now, evaluations))
         latest = fetch_latest(self.r, self.keys)
         playing = [p["checkpoint"] for p in self.progress.values() if p["checkpoint"] is not None]
         if latest is not None and playing:
@@ -175,19 +184,31 @@ def run(settings: Settings, env: dict[str, str], data: Path, seconds: float) -> 
     rows = sum(p["batch_rows"] for p in entries)
     slots = sum(p["batches"] * p["games_in_flight"] for p in entries)
     out["occupancy"] = round(rows / slots, 4) if slots else None
-    evaluations = sum(p["evaluations"] for p in entries)
-    out["selfplay_evals_per_s"] = round(evaluations / (end - start), 1)
+    # Self-play's evaluation rate once every process plays (model loading excluded).
+    (t0, e0), (t1, e1) = samples.evaluations[0], samples.evaluations[-1]
+    evals_per_s = (e1 - e0) / (t1 - t0) if t1 > t0 else 0.0
+    out["selfplay_evals_per_s"] = round(evals_per_s, 1)
     if samples.first_game is None:
         out.update(first_game_s=None, examples_per_s=0.0, games_per_s=0.0)
         return out
-    t1, examples1, games1 = samples.first_game
-    out["first_game_s"] = round(t1 - start, 1)
-    out["examples_per_s"] = round((end_counters["examples"] - examples1) / (end - t1), 3)
-    out["games_per_s"] = round((end_counters["games"] - games1) / (end - t1), 4)
+    t_first, examples1 = samples.first_game
+    out["first_game_s"] = round(t_first - start, 1)
     out["examples"] = end_counters["examples"]
     out["games"] = end_counters["games"]
-    if end_counters["examples"]:
-        out["evals_per_example"] = round(evaluations / end_counters["examples"], 1)
+    # What the stored (complete) games cost: evaluations per stored example.
+    stored = sum(p["examples_stored"] for p in entries)
+    cost = sum(p["evaluations_stored"] for p in entries) / stored if stored else None
+    out["evals_per_example"] = None if cost is None else round(cost, 1)
+    # The games of a process start together, so the first ones finish in a wave: the
+    # stored rate over [first game, end] swings with where the run ends in the wave. The
+    # rate self-play produces complete games at is its evaluation rate over their cost.
+    out["examples_per_s"] = round(evals_per_s / cost, 3) if cost else 0.0
+    out["games_per_s"] = round(
+        out["examples_per_s"] * (end_counters["games"] / max(1, end_counters["examples"])), 4
+    )
+    out["stored_examples_per_s"] = round(
+        (end_counters["examples"] - examples1) / (end - t_first), 3
+    )
     return out
 
 

@@ -86,6 +86,7 @@ class SelfPlayProcess:
         self.unstored: list[GameRecord] = []  # finished, not taken by the store yet
         self.games_stored = 0
         self.examples_stored = 0
+        self.evaluations_stored = 0  # network evaluations the stored games needed
         self.batches = 0
         self.batch_rows = 0
         self.state = "starting"
@@ -180,6 +181,7 @@ class SelfPlayProcess:
                 record_game(r, keys, added)
                 self.games_stored += 1
                 self.examples_stored += added
+                self.evaluations_stored += game.evaluations
                 out["stored"] += 1
                 out["examples"] += added
         return True
@@ -237,6 +239,7 @@ class SelfPlayProcess:
             "games_finished": self.driver.games_finished,
             "games_stored": self.games_stored,
             "examples_stored": self.examples_stored,
+            "evaluations_stored": self.evaluations_stored,
             "unstored": len(self.unstored),
             "unstored_examples": sum(g.num_examples for g in self.unstored),
             "moves": moves,

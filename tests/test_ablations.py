@@ -50,6 +50,8 @@ def test_every_run_is_one_learning_command_writing_its_json(
         assert line.startswith("python bench/learning.py ")
         assert line.endswith(f"--out results/{name}.json")
         assert all(flag in line for flag in flags)
+        # Ablations play the matches that depend on training, on fewer games.
+        assert ("--matches ablation --games 100" in line) == (name not in ablations.FULL_RUNS)
 
 
 def test_the_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
