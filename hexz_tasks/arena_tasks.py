@@ -49,7 +49,11 @@ def match(self: Task, a: str, b: str, games: int, runs: int, seed: int) -> dict[
         raise
 
 
-@app.task(bind=True, base=HexzTask, name=EVALUATE_TASK)
+# Acknowledged on receipt, like the training tick (hexz_tasks.tasks.train): beat sends the
+# next tick, and a broker reconnect does not cancel a match in progress.
+@app.task(
+    bind=True, base=HexzTask, name=EVALUATE_TASK, acks_late=False, reject_on_worker_lost=False
+)
 def evaluate(self: Task) -> dict[str, Any]:
     from hexz_tasks.evaluation import run_evaluation_tick
 

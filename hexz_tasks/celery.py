@@ -101,6 +101,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": 24 * 3600,
         "result_backend_always_retry": True,
         "result_backend_max_retries": 20,
+        # On a lost broker connection the late-acknowledged tasks (self-play slices,
+        # matches) are cancelled, as their messages come back to run again; the training
+        # and evaluation ticks are acknowledged on receipt and run on (hexz_tasks.tasks).
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,

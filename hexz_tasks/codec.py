@@ -326,12 +326,6 @@ def check(cols: Columns, what: str, complete: bool = True) -> Columns:
     return cols
 
 
-def _ragged_offsets(lengths: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return out
-
-
 def take_rows(cols: Columns, rows: np.ndarray) -> Columns:
     """The columns (all of them or any subset) of the given rows, strictly ascending."""
     rows = np.asarray(rows, dtype=np.int64)

@@ -34,7 +34,7 @@ import numpy as np
 
 from hexz_tasks import codec
 from hexz_tasks.codec import Batch
-from hexz_tasks.files import atomic_write, fsync_dir, temp_path, utc_timestamp, write_synced
+from hexz_tasks.files import atomic_write, utc_timestamp
 from hexz_tasks.layout import CELLS, GRASS_BYTES, MASK_BYTES, MASK_SHAPE, POLICY_SIZE
 
 __all__ = ["Batch", "Chunk", "Dataset", "Window"]
@@ -222,10 +222,7 @@ class Dataset:
         meta = json.dumps({"last_stream_id": stream_id, "timestamp": ts, "format": version})
         buf = io.BytesIO()
         np.savez_compressed(buf, meta=np.frombuffer(meta.encode(), dtype=np.uint8), **cols)
-        tmp = temp_path(path)
-        write_synced(tmp, buf.getvalue())
-        os.replace(tmp, path)
-        fsync_dir(self.root)
+        atomic_write(path, buf.getvalue())
         return Chunk(first, last, n, path, version)
 
     def read_chunk(self, chunk: Chunk, columns: tuple[str, ...] | None = None) -> codec.Columns:

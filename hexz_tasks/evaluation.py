@@ -27,10 +27,10 @@ what self-play and the CPU player load.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
-import uuid
 import zlib
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from hexz_tasks.files import atomic_write
 from hexz_tasks.keys import Keys
 from hexz_tasks.settings import Settings
 
@@ -93,11 +94,10 @@ def heldout_set(settings: Settings) -> dict[str, np.ndarray]:
     except (OSError, KeyError, ValueError):
         pass
     data = make_heldout()
+    buf = io.BytesIO()
+    np.savez(buf, **data)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")
-        np.savez(tmp, **data)
-        os.replace(tmp, path)
+        atomic_write(path, buf.getvalue())
     except OSError as e:  # read-only data dir: just do without the cache
         log.warning("could not cache the held-out set in %s: %s", path, e)
     return data
@@ -142,7 +142,8 @@ def record_metrics(
 def available_checkpoints(settings: Settings, r: redis.Redis, keys: Keys) -> list[int]:
     """Checkpoints this process can load: the repository's if it is on this machine's
     disk, else those whose bytes are published in Redis."""
-    from hexz_tasks.repository import ModelRepository, fetch_latest
+    from hexz_tasks.model_source import fetch_latest
+    from hexz_tasks.repository import ModelRepository
 
     local = ModelRepository(settings.repo_base_dir, settings.model_name).checkpoints()
     if local:

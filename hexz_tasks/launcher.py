@@ -72,10 +72,6 @@ QUICKSTART: dict[str, str] = {
 }
 
 
-def procfile_text() -> str:
-    return "".join(f"{name}: {cmd}\n" for name, cmd in PROCESSES.items())
-
-
 def pipeline_env(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` with the quick-start settings added where unset."""
     env = dict(environ)

@@ -1,5 +1,5 @@
-"""The Flagz network (shared/spec/selfplay-and-training.md, "The network") and the
-registry of its architectures.
+"""The Flagz network (shared/spec/selfplay-and-training.md, "The network"); its
+architectures are registered by name in hexz_tasks.architectures.
 
 Contract: ``forward(board, action_mask)`` with board (N, 11, 11, 10) float32 and
 action_mask (N, 2, 11, 10) bool returns ``(policy_logits, value)``: logits (N, 220)

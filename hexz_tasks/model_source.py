@@ -36,6 +36,15 @@ class NoModelError(LookupError):
     """No model is published yet (the gpu worker publishes checkpoint 0 on its first tick)."""
 
 
+def fetch_latest(r: redis.Redis, keys: Keys) -> tuple[str, int] | None:
+    """(name, checkpoint) of the newest published model, or None."""
+    raw = r.get(keys.latest_model)
+    if raw is None:
+        return None
+    d = json.loads(raw)
+    return d["name"], int(d["checkpoint"])
+
+
 def promoted_checkpoint(settings: Settings, r: redis.Redis, keys: Keys) -> int | None:
     """The checkpoint promotion gating lets self-play use (None: nothing promoted yet)."""
     raw = r.get(keys.promoted_model)
@@ -79,7 +88,7 @@ def chosen_checkpoint(settings: Settings, r: redis.Redis, keys: Keys) -> ModelKe
     repository on this disk, if any); with promotion gating the promoted one, and
     checkpoint 0 is promoted first if nothing is yet. None while there is no model.
     """
-    from hexz_tasks.repository import ModelRepository, fetch_latest
+    from hexz_tasks.repository import ModelRepository
 
     latest = fetch_latest(r, keys)
     if latest is None:

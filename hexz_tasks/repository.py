@@ -8,7 +8,7 @@ appears complete or not at all; temporary directories (``.tmp-*``) are never lis
 
 Workers on other machines have no shared disk: :meth:`ModelRepository.publish` puts the
 TorchScript bytes in Redis (``Keys.model_bytes``) and then announces the checkpoint
-(``Keys.latest_model``); :func:`fetch_latest` reads them back.
+(``Keys.latest_model``); :func:`hexz_tasks.model_source.fetch_latest` reads them back.
 """
 
 from __future__ import annotations
@@ -217,15 +217,6 @@ class ModelRepository:
         old = [keys.model_bytes(self.name, c) for c in self.checkpoints() if c < n - KEEP_PUBLISHED]
         if old:
             r.delete(*old)
-
-
-def fetch_latest(r: redis.Redis, keys: Keys) -> tuple[str, int] | None:
-    """(name, checkpoint) of the newest published model, or None."""
-    raw = r.get(keys.latest_model)
-    if raw is None:
-        return None
-    d = json.loads(raw)
-    return d["name"], int(d["checkpoint"])
 
 
 def fetch_model_bytes(r: redis.Redis, keys: Keys, name: str, checkpoint: int) -> bytes | None:

@@ -21,7 +21,6 @@ readers see it complete or not at all.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -62,16 +61,14 @@ def checkpoints_in_use(
 ) -> set[int]:
     """Checkpoints self-play, the promotion gate, the evaluation or the trainer use now."""
     from hexz_tasks.evaluation import played_checkpoints
-    from hexz_tasks.model_source import promoted_checkpoint
+    from hexz_tasks.model_source import fetch_latest, promoted_checkpoint
 
     used = {0}
     if on_disk:
         used.add(on_disk[-1])
-    raw = r.get(keys.latest_model)
-    if raw is not None:
-        latest = json.loads(raw)
-        if latest.get("name") == settings.model_name:
-            used.add(int(latest["checkpoint"]))
+    latest = fetch_latest(r, keys)
+    if latest is not None and latest[0] == settings.model_name:
+        used.add(latest[1])
     promoted = promoted_checkpoint(settings, r, keys)
     if promoted is not None:
         used.add(promoted)

@@ -1,4 +1,4 @@
-"""Self-play games and the CPU player's move suggestions.
+"""Self-play games (the CPU player's move is in hexz_tasks.suggest).
 
 The search and the games run in C++ (hexz_tasks._search); this module runs the
 network on the driver's batches. Finished games come out as the example store's
@@ -13,7 +13,6 @@ import os
 import sys
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from google.protobuf.message import DecodeError
 
 from hexz_tasks import codec, hexz_pb2, progress
-from hexz_tasks._search import Search, SelfPlay
+from hexz_tasks._search import SelfPlay
 from hexz_tasks.examples import from_columns
+from hexz_tasks.files import atomic_write
 from hexz_tasks.inference import Evaluate, Evaluator, as_evaluator
-from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE, WIRE_CELL_TYPE_FLAG, WIRE_CELL_TYPE_NORMAL
+from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE
 from hexz_tasks.settings import Settings
 
 
@@ -148,98 +147,6 @@ def play_games(
             return
 
 
-def _parse_request(request: bytes) -> hexz_pb2.SuggestMoveRequest:
-    if not isinstance(request, bytes | bytearray | memoryview):
-        raise ValueError(f"expected serialized SuggestMoveRequest bytes, got {type(request)}")
-    req = hexz_pb2.SuggestMoveRequest()
-    try:
-        req.ParseFromString(bytes(request))
-    except DecodeError as e:
-        raise ValueError(f"not a serialized SuggestMoveRequest: {e}") from None
-    if not req.HasField("game_engine_state"):
-        raise ValueError("SuggestMoveRequest has no game_engine_state")
-    if req.game_engine_state.WhichOneof("state") != "flagz":
-        raise ValueError("SuggestMoveRequest.game_engine_state is not a flagz state")
-    if req.max_think_time_ms < 0 or req.max_iterations < 0:
-        raise ValueError("max_think_time_ms and max_iterations must not be negative")
-    if req.max_think_time_ms == 0 and req.max_iterations == 0:
-        raise ValueError("SuggestMoveRequest sets neither max_think_time_ms nor max_iterations")
-    return req
-
-
-def suggest_move(
-    model: Evaluate | torch.nn.Module | str | Path | bytes,
-    request: bytes,
-    settings: Settings | None = None,
-) -> bytes:
-    """Answers a serialized SuggestMoveRequest with a serialized SuggestMoveResponse.
-
-    Searches by highest PUCT only (no noise) for the request's think time, or its
-    iterations when the time is 0, both capped by settings.max_think_time_ms and
-    max_suggest_iterations; answers the most visited root child. A position with one
-    legal move is answered at once (one run: the root's evaluation). Raises ValueError
-    with a clear message for bad input. Pass an inference.Evaluator to reuse it across
-    requests (building one from a module or file takes a second or more).
-    """
-    from hexz_tasks.engine import Board
-
-    settings = settings if settings is not None else Settings.from_env()
-    req = _parse_request(request)
-    board, player = Board.from_proto(req.game_engine_state.SerializeToString())
-    if not board.has_legal_move(player):
-        raise ValueError("player to move has no legal move")
-    if req.max_think_time_ms > 0:
-        think_ms = min(req.max_think_time_ms, settings.max_think_time_ms)
-        iterations = settings.max_suggest_iterations
-    else:
-        think_ms = settings.max_think_time_ms
-        iterations = min(req.max_iterations, settings.max_suggest_iterations)
-    if board.num_legal_moves(player) == 1:
-        iterations = 1
-    evaluator = as_evaluator(model, settings.device)
-    search = Search(board, player, zlib.crc32(bytes(request)), **search_kwargs(settings))
-    search.run(evaluator, iterations, greedy=True, deadline=time.monotonic() + think_ms / 1000.0)
-    children = search.children()
-    visits = children["visits"].astype(np.float64)
-    total = visits.sum()
-    share = visits / total if total > 0 else children["prior"].astype(np.float64)
-    best = int(np.argmax(share))  # first of equals, like the search
-    typ, r, c, _ = (int(x) for x in children["moves"][best])
-    resp = hexz_pb2.SuggestMoveResponse(
-        move=hexz_pb2.GameEngineMove(
-            player_num=player + 1,
-            move=req.game_engine_state.flagz.board.move,
-            row=r,
-            col=c,
-            cell_type=_cell_type(typ),
-        ),
-        move_stats=hexz_pb2.SuggestMoveStats(value=search.root_value),
-    )
-    kinds = hexz_pb2.SuggestMoveStats.ScoreKind
-    for i in range(search.num_children):
-        ctyp, cr, cc, _ = (int(x) for x in children["moves"][i])
-        resp.move_stats.moves.append(
-            hexz_pb2.SuggestMoveStats.ScoredMove(
-                row=cr,
-                col=cc,
-                type=_cell_type(ctyp),
-                scores=[
-                    hexz_pb2.SuggestMoveStats.Score(
-                        kind=kinds.Value("FINAL"), score=float(share[i])
-                    ),
-                    hexz_pb2.SuggestMoveStats.Score(
-                        kind=kinds.Value("MCTS_PRIOR"), score=float(children["prior"][i])
-                    ),
-                ],
-            )
-        )
-    return resp.SerializeToString()
-
-
-def _cell_type(typ: int) -> int:
-    return WIRE_CELL_TYPE_FLAG if typ == 0 else WIRE_CELL_TYPE_NORMAL
-
-
 def worker_config(settings: Settings) -> hexz_pb2.WorkerConfig:
     """The WorkerConfig describing this process's self-play settings."""
     return hexz_pb2.WorkerConfig(
@@ -292,13 +199,7 @@ def selfplay_to_archive(
         for record in play_games(evaluator, games, settings, seed, stats=stats, on_step=on_step):
             req.examples.extend(from_columns(record.columns))
             shown.update()
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with gzip.open(tmp, "wb") as f:
-            f.write(req.SerializeToString())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out, gzip.compress(req.SerializeToString()))
     print(
         f"selfplay: {games} games, {len(req.examples)} examples, "
         f"{stats['evaluations']} evaluations in {time.monotonic() - start:.0f} s; wrote {out}",

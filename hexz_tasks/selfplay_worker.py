@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from hexz_tasks.errors import ModelError
 from hexz_tasks.keys import Keys
 from hexz_tasks.layout import BOARD_SHAPE, MASK_SHAPE
 from hexz_tasks.model_source import CurrentModel, NoModelError
@@ -191,7 +192,9 @@ class SelfPlayProcess:
         while self.model.key is None:
             try:
                 self._swap_model(r, keys)
-            except NoModelError:
+            except (NoModelError, ValueError, ModelError) as e:
+                if not isinstance(e, NoModelError):  # gone or unloadable: a newer may come
+                    log.warning("cannot load the chosen model: %s", e)
                 self.state = "waiting for a model"
                 self._heartbeat(r, keys)
                 if time.monotonic() + WAIT_STEP_S > deadline or stop_requested():
@@ -206,7 +209,7 @@ class SelfPlayProcess:
         self._next_model_check = now + MODEL_CHECK_INTERVAL_S
         try:
             self._swap_model(r, keys)
-        except (NoModelError, ValueError) as e:  # e.g. the bytes were retired meanwhile
+        except (NoModelError, ValueError, ModelError) as e:  # e.g. bytes retired meanwhile
             log.warning("keeping checkpoint %s: %s", self.model.key, e)
 
     def _swap_model(self, r: redis.Redis, keys: Keys) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from hexz_tasks.keys import Keys
+from hexz_tasks.model_source import fetch_latest
 from hexz_tasks.queues import EVAL_QUEUE, GPU_QUEUE, SELFPLAY_QUEUE
 from hexz_tasks.rates import recent_rates
 from hexz_tasks.redis_server import connect, masked_url, redis_url
@@ -56,12 +57,13 @@ def gather_status(
     out["games"] = {"total": counters["games"], "per_minute": games_rate}
     out["batches"] = counters["batches"]
 
-    latest = r.get(keys.latest_model)
-    published = json.loads(latest)["checkpoint"] if latest else None
-    out["selfplay"] = selfplay_progress(live_progress(r, keys, now), published)
+    latest = fetch_latest(r, keys)
+    out["selfplay"] = selfplay_progress(
+        live_progress(r, keys, now), None if latest is None else latest[1]
+    )
     out["model"] = {
         "name": settings.model_name,
-        "published": json.loads(latest) if latest else None,
+        "published": None if latest is None else {"name": latest[0], "checkpoint": latest[1]},
         "checkpoints_on_disk": _local_checkpoints(settings),
     }
 

@@ -88,19 +88,17 @@ def _reject(task: Task, why: str) -> None:
 
 @app.task(bind=True, base=HexzTask, name=SELFPLAY_TASK, ignore_result=True)
 def selfplay(self: Task, budget_s: float, max_games: int) -> dict[str, Any]:
-    """One slice of this process's self-play: `budget_s` seconds (at most the configured
-    HEXZ_SELFPLAY_SLICE_S), or until it stored `max_games` games (0: no such bound)."""
-    if not 0 < budget_s <= app_settings.selfplay_slice_s or max_games < 0:
-        _reject(
-            self,
-            f"budget_s must be in (0, {app_settings.selfplay_slice_s:g}] and max_games >= 0, "
-            f"got {budget_s} and {max_games}",
-        )
+    """One slice of this process's self-play: `budget_s` seconds, at most this worker's
+    HEXZ_SELFPLAY_SLICE_S (which its time limits were checked against; the feeder may run
+    with another), or until it stored `max_games` games (0: no such bound)."""
+    if not budget_s > 0 or max_games < 0:
+        _reject(self, f"budget_s must be > 0 and max_games >= 0, got {budget_s} and {max_games}")
     from hexz_tasks.selfplay_worker import run_slice
 
+    budget = min(float(budget_s), app_settings.selfplay_slice_s)
     r = redis_client()
     with running_task(r, app_keys, self.request.id):
-        return run_slice(app_settings, r, app_keys, float(budget_s), max_games)
+        return run_slice(app_settings, r, app_keys, budget, max_games)
 
 
 @app.task(
@@ -109,6 +107,12 @@ def selfplay(self: Task, budget_s: float, max_games: int) -> dict[str, Any]:
     name=TRAIN_TASK,
     time_limit=app_settings.training_time_limit_s,
     soft_time_limit=SOFT_LIMIT_FRACTION * app_settings.training_time_limit_s,
+    # Acknowledged on receipt: beat sends the next tick anyway, and a late-acknowledged
+    # task is cancelled when the broker connection drops
+    # (worker_cancel_long_running_tasks_on_connection_loss): a Redis restart would kill
+    # an hour of training.
+    acks_late=False,
+    reject_on_worker_lost=False,
 )
 def train(self: Task) -> dict[str, Any]:
     """One training tick, under the training's own time limit (HEXZ_TRAINING_TIME_LIMIT_S)."""

@@ -26,6 +26,7 @@ import redis
 
 from hexz_tasks import training_budget
 from hexz_tasks.keys import Keys
+from hexz_tasks.model_source import fetch_latest
 from hexz_tasks.settings import Settings
 
 if TYPE_CHECKING:
@@ -104,8 +105,7 @@ def restore_trainer_state(settings: Settings, r: redis.Redis, keys: Keys, repo: 
     from hexz_tasks.store import ExampleStore
 
     latest = repo.ensure_initial_checkpoint(settings)
-    raw = r.get(keys.latest_model)
-    if raw is None or json.loads(raw) != {"name": settings.model_name, "checkpoint": latest}:
+    if fetch_latest(r, keys) != (settings.model_name, latest):
         repo.publish(r, keys, latest)
     rebase_store(ExampleStore(r, keys), repo, Dataset(repo.examples_store_dir))
     return latest

@@ -13,8 +13,9 @@ from hexz_tasks.engine import Board
 from hexz_tasks.examples import decode_array, from_columns
 from hexz_tasks.inference import Evaluator
 from hexz_tasks.model import HexzNet
-from hexz_tasks.selfplay import play_games, suggest_move
+from hexz_tasks.selfplay import play_games
 from hexz_tasks.settings import Settings
+from hexz_tasks.suggest import suggest_move
 
 
 def next_player(board: Board, mover: int) -> int:

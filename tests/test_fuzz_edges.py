@@ -22,8 +22,9 @@ from test_server_support import Running, game_examples, midgame_board, run_serve
 from hexz_tasks import hexz_pb2
 from hexz_tasks.examples import MAX_ARRAY_ELEMENTS, decode_array, npy_bytes
 from hexz_tasks.model import ModelParams, make_model
-from hexz_tasks.server.player import Busy, ClientError, CpuPlayer, Unavailable
+from hexz_tasks.server.player import Busy, CpuPlayer, Unavailable
 from hexz_tasks.settings import Settings
+from hexz_tasks.suggest import ClientError
 from hexz_tasks.validation import InvalidExample, validate_example
 
 Example = hexz_pb2.TrainingExample

@@ -30,8 +30,9 @@ from synthetic import game_columns, row_keys
 from hexz_tasks.celery import make_app
 from hexz_tasks.dataset import Dataset
 from hexz_tasks.keys import Keys
+from hexz_tasks.model_source import fetch_latest
 from hexz_tasks.queues import SELFPLAY_QUEUE, SELFPLAY_TASK, TRAIN_TASK
-from hexz_tasks.repository import ModelRepository, fetch_latest
+from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
 from hexz_tasks.training_tick import LOCK_TTL_S, restore_trainer_state
@@ -306,8 +307,10 @@ def test_end_to_end_selfplay_fills_the_store_training_makes_checkpoint_1_selfpla
     assert "self-play:   1 process(es), 2 games in flight" in out.stdout
     from hexz_tasks.status import gather_status
 
+    before = counters(r, keys)["examples"]
     status = gather_status(settings, r, inspect_timeout=0)
-    assert status["examples"]["total"] == counters(r, keys)["examples"] > 0
+    # Self-play still stores games: the status sees the counter between the two reads.
+    assert 0 < before <= status["examples"]["total"] <= counters(r, keys)["examples"]
     assert status["training"]["runs"] >= 1
     assert status["model"]["published"]["checkpoint"] >= 1
     assert {w["queues"][0] for w in status["workers"].values()} == {"gpu", "selfplay"}
@@ -453,7 +456,7 @@ def test_malformed_messages_are_rejected_logged_and_store_nothing(
     app = make_app(settings)
     app.send_task(SELFPLAY_TASK, args=["not a budget", 0], task_id="bad-type")
     app.send_task(SELFPLAY_TASK, args=[1, 2, 3], task_id="bad-arity")
-    app.send_task(SELFPLAY_TASK, args=[3600, 0], task_id="bad-range")  # above the slice budget
+    app.send_task(SELFPLAY_TASK, args=[-1, 0], task_id="bad-range")
     app.send_task(SELFPLAY_TASK, kwargs={"budget_s": 1, "max_games": 0, "evil": True},
                   task_id="bad-kwarg")  # fmt: skip
     app.send_task("hexz_tasks.tasks.no_such_task", args=[1], queue=SELFPLAY_QUEUE)
@@ -484,7 +487,7 @@ def test_malformed_messages_are_rejected_logged_and_store_nothing(
     wait_for(all_handled, 60, "the worker to reject every malformed message")
     log = worker.log()
     assert "selfplay[bad-type]: argument budget_s must be float" in log
-    assert "selfplay[bad-range]: budget_s must be in (0, 5] and max_games >= 0" in log
+    assert "selfplay[bad-range]: budget_s must be > 0 and max_games >= 0, got -1" in log
     assert worker.alive()
     assert r.llen(keys.queue(SELFPLAY_QUEUE)) == 0 and r.hlen(keys.unacked) == 0
     assert counters(r, keys) == {
@@ -492,7 +495,8 @@ def test_malformed_messages_are_rejected_logged_and_store_nothing(
     }  # fmt: skip
     assert r.xlen(keys.examples_stream) == 0
     # ... and the worker still serves well-formed tasks.
-    app.send_task(SELFPLAY_TASK, args=[5, 2], task_id="good")
+    # A budget above this worker's slice (a feeder configured otherwise) is cut to it.
+    app.send_task(SELFPLAY_TASK, args=[3600, 2], task_id="good")
     wait_for(lambda: counters(r, keys)["games"] >= 2, 90, "games of a valid slice")
     # The worker's parent process never loaded torch (CUDA must not be set up before a fork).
     assert "libtorch" not in Path(f"/proc/{worker.pid}/maps").read_text()

@@ -288,6 +288,9 @@ def test_promotion_gating(tmp_path: Path, redis_client: redis.Redis) -> None:
     assert checkpoint_bytes(elsewhere, 1, redis_client, KEYS) == repo.scriptmodule_bytes(1)
     with pytest.raises(ValueError, match="checkpoint 0 of model 'evalm' is neither"):
         checkpoint_bytes(elsewhere, 0, redis_client, KEYS)
+    # So a server there serves it to the original workers (FetchModel's checkpoint -1).
+    remote = ServerState(elsewhere, redis_client, KEYS)
+    assert remote.model_bytes("evalm", -1, jit=True) == (1, repo.scriptmodule_bytes(1))
 
     ungated = s.replace(promotion_min_score=None)
     assert chosen_checkpoint(ungated, redis_client, KEYS) == ("evalm", 1)  # the newest published

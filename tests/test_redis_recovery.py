@@ -21,7 +21,8 @@ from synthetic import game_columns, row_keys
 from hexz_tasks import codec, store
 from hexz_tasks.dataset import Dataset
 from hexz_tasks.keys import Keys
-from hexz_tasks.repository import ModelRepository, fetch_latest
+from hexz_tasks.model_source import fetch_latest
+from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore, StoreNotReadyError
 from hexz_tasks.training_tick import restore_trainer_state, run_training_tick

@@ -16,12 +16,8 @@ import torch
 
 from hexz_tasks.keys import Keys
 from hexz_tasks.model import ModelParams, load_scriptmodule, make_model
-from hexz_tasks.repository import (
-    CheckpointError,
-    ModelRepository,
-    fetch_latest,
-    fetch_model_bytes,
-)
+from hexz_tasks.model_source import fetch_latest
+from hexz_tasks.repository import CheckpointError, ModelRepository, fetch_model_bytes
 
 PARAMS = ModelParams("conv2d", 1, 8)
 

@@ -12,8 +12,8 @@ from test_search_tree import Y, built_position, position
 from hexz_tasks import hexz_pb2
 from hexz_tasks.engine import Board, encode_proto
 from hexz_tasks.model import HexzNet
-from hexz_tasks.selfplay import suggest_move
 from hexz_tasks.settings import Settings
+from hexz_tasks.suggest import suggest_move
 
 FIXTURE_MODEL = Path(__file__).resolve().parent / "data" / "original-conv2d5-scriptmodule.pt"
 FIELD = hexz_pb2.Field
@@ -100,7 +100,7 @@ def test_bad_requests_are_value_errors(tiny_net: HexzNet) -> None:
     neither = hexz_pb2.SuggestMoveRequest()
     neither.CopyFrom(good)
     neither.max_iterations = 0
-    with pytest.raises(ValueError, match="neither"):
+    with pytest.raises(ValueError, match="both are 0"):
         suggest_move(tiny_net, neither.SerializeToString(), Settings())
     broken = hexz_pb2.SuggestMoveRequest()
     broken.CopyFrom(good)

@@ -99,8 +99,8 @@ def test_an_evaluation_tick_cut_by_its_soft_limit_releases_its_match_and_a_later
     redis_server: RedisServer, tmp_path: Path, procs: Procs
 ) -> None:
     env, settings, r, repo = setup(
-        redis_server, tmp_path, arena_games=8, arena_runs_per_move=40, arena_baselines=""
-    )
+        redis_server, tmp_path, arena_games=24, arena_runs_per_move=160, arena_baselines=""
+    )  # a match of ~10x the 2 s soft limit on a fast machine
     two_checkpoints(settings, r, repo)
     worker = procs.worker("eval", EVAL_QUEUE, env)
     app = make_app(settings)

@@ -24,9 +24,10 @@ import redis
 
 from hexz_tasks import hexz_pb2, hexz_pb2_grpc
 from hexz_tasks.server.grpc_guard import Guard, server_credentials
-from hexz_tasks.server.player import MAX_REQUEST_BYTES, Busy, ClientError, Unavailable
+from hexz_tasks.server.player import Busy, Unavailable
 from hexz_tasks.server.state import NotFound, ServerState
 from hexz_tasks.store import StoreFullError
+from hexz_tasks.suggest import MAX_REQUEST_BYTES, ClientError
 from hexz_tasks.validation import InvalidExample, validate_examples
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class TrainingService(hexz_pb2_grpc.TrainingServiceServicer):
         resp = hexz_pb2.AddTrainingExamplesResponse()
         try:
             latest = st.selfplay_model_key()
+            newest = st.latest_model_key()  # with promotion gating, newer than `latest`
         except (Unavailable, redis.RedisError) as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         resp.latest_model.CopyFrom(latest)
@@ -78,9 +80,10 @@ class TrainingService(hexz_pb2_grpc.TrainingServiceServicer):
                     f"examples[{i}] was made by model {ex.model_key.name[:80]!r}; "
                     f"this server trains {name!r}",
                 )
-        newest = latest.checkpoint if latest.name == name else None
         try:
-            examples = validate_examples(request.examples, max_checkpoint=newest)
+            examples = validate_examples(
+                request.examples, max_checkpoint=newest.checkpoint if newest.name == name else None
+            )
         except InvalidExample as e:
             return _rejected(resp, Status.REJECTED_OTHER, str(e))
         # A retried request has the same bytes, so the same id: stored once.

@@ -24,8 +24,9 @@ from hexz_tasks.examples import decode_array
 from hexz_tasks.layout import CELLS, COLS
 from hexz_tasks.server import overview as ov
 from hexz_tasks.server import plots, svg
-from hexz_tasks.server.player import MAX_REQUEST_BYTES, Busy, ClientError, Unavailable
+from hexz_tasks.server.player import Busy, Unavailable
 from hexz_tasks.server.state import ServerState
+from hexz_tasks.suggest import MAX_REQUEST_BYTES, ClientError
 
 log = logging.getLogger(__name__)
 

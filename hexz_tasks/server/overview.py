@@ -43,7 +43,7 @@ def training_runs(state: ServerState) -> list[dict[str, Any]]:
 
 
 def run_summary(run: dict[str, Any]) -> dict[str, Any]:
-    """The fields the page shows, from either the Celery task's or train_once's record:
+    """The fields the page shows, from a training run's record (Keys.training_runs):
     final-epoch losses, when it finished (unix time), how long it took."""
     last = run.get("losses")[-1] if isinstance(run.get("losses"), list) and run["losses"] else {}
     finished = run.get("finished")
@@ -89,13 +89,11 @@ def examples(state: ServerState, now: float) -> dict[str, Any]:
     """Counters of the store and rates from the per-minute counters of the self-play tasks:
     ``examples_per_minute`` is [unix time the minute starts, examples] of the last hour."""
     out: dict[str, Any] = dict(state.store.counters())
-    rates_key = getattr(state.keys, "rates", None)
     per_minute: dict[int, int] = {}
-    if rates_key is not None:
-        for k, v in state.redis.hgetall(rates_key).items():
-            minute, _, what = k.decode().partition(":")
-            if what == "examples" and minute.isdigit():
-                per_minute[int(minute)] = int(v)
+    for k, v in state.redis.hgetall(state.keys.rates).items():
+        minute, _, what = k.decode().partition(":")
+        if what == "examples" and minute.isdigit():
+            per_minute[int(minute)] = int(v)
     this_minute = int(now // 60)
     out["examples_last_hour"] = sum(v for m, v in per_minute.items() if this_minute - m < 60)
     out["examples_per_minute"] = [
@@ -135,15 +133,10 @@ def pipeline(state: ServerState) -> dict[str, Any]:
 
 
 def ratings(state: ServerState) -> list[dict[str, Any]] | None:
-    """Hook for the arena: [{"checkpoint": N, "rating": R, ...}], or None while there are none.
+    """The checkpoints' ratings, [{"checkpoint": N, "rating": R, ...}], or None while
+    there are none (hexz_tasks.ratings)."""
+    from hexz_tasks.ratings import status_ratings
 
-    hexz_tasks.ratings provides ``status_ratings(settings, redis_client, keys)`` once the
-    arena exists; until then the page shows a placeholder.
-    """
-    try:
-        from hexz_tasks.ratings import status_ratings  # type: ignore[attr-defined]
-    except ImportError:
-        return None
     try:
         return status_ratings(state.settings, state.redis, state.keys)
     except Exception as e:

@@ -11,7 +11,6 @@ older state_dicts).
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,13 @@ import redis
 from hexz_tasks import hexz_pb2
 from hexz_tasks.errors import ModelError
 from hexz_tasks.keys import Keys
-from hexz_tasks.model_source import CurrentModel, NoModelError, chosen_checkpoint
+from hexz_tasks.model_source import (
+    CurrentModel,
+    NoModelError,
+    checkpoint_bytes,
+    chosen_checkpoint,
+    fetch_latest,
+)
 from hexz_tasks.rates import prune, record_game
 from hexz_tasks.server.player import CpuPlayer, Unavailable
 from hexz_tasks.settings import MODEL_NAME_MAX_LEN, Settings, valid_model_name
@@ -136,10 +141,9 @@ class ServerState:
 
     def latest_model_key(self) -> hexz_pb2.ModelKey:
         """The newest published checkpoint (Redis), else the newest on disk."""
-        raw = self.redis.get(self.keys.latest_model)
-        if raw is not None:
-            latest = json.loads(raw)
-            return hexz_pb2.ModelKey(name=latest["name"], checkpoint=int(latest["checkpoint"]))
+        latest = fetch_latest(self.redis, self.keys)
+        if latest is not None:
+            return hexz_pb2.ModelKey(name=latest[0], checkpoint=latest[1])
         cp = self.repo.latest()
         if cp is None:
             raise Unavailable("no model checkpoint exists yet")
@@ -173,11 +177,11 @@ class ServerState:
         cdir = self._repo(name).checkpoint_dir(checkpoint)
         if not jit and (cdir / "model.pt").is_file():
             return checkpoint, (cdir / "model.pt").read_bytes()
-        script = self.redis.get(self.keys.model_bytes(name, checkpoint))
-        if script is None and (cdir / "scriptmodule.pt").is_file():
-            script = (cdir / "scriptmodule.pt").read_bytes()
-        if script is None:
-            raise NotFound(f"model {name!r} has no checkpoint {checkpoint}")
+        try:  # disk, published bytes, or the promoted model's
+            settings = self.settings.replace(model_name=name)
+            script = checkpoint_bytes(settings, checkpoint, self.redis, self.keys)
+        except ValueError:
+            raise NotFound(f"model {name!r} has no checkpoint {checkpoint}") from None
         if jit:
             return checkpoint, script
         return checkpoint, _state_dict_bytes(script)
