@@ -65,6 +65,8 @@ class Chunk:
             with np.load(self.path, allow_pickle=False) as z:
                 meta = json.loads(_array(z, "meta").tobytes().decode())
             stream_id, timestamp = meta["last_stream_id"], meta["timestamp"]
+        except FileNotFoundError:
+            raise  # compacted or collected meanwhile: gone, not corrupt
         except (*_READ_ERRORS, TypeError) as e:
             raise codec.FormatError(f"corrupt {what}: {e}") from e
         if not isinstance(timestamp, str) or not (
@@ -237,6 +239,8 @@ class Dataset:
                 else:
                     names = codec.stored_names(chunk.version, columns)
                 cols = {k: _array(z, k) for k in names}
+        except FileNotFoundError:
+            raise  # compacted or collected meanwhile: gone, not corrupt
         except _READ_ERRORS as e:
             raise codec.FormatError(f"corrupt {what}: {e}") from e
         return codec.upgrade(cols, chunk.version, what, complete=columns is None)
