@@ -111,14 +111,14 @@ def flags(argv: list[str]) -> list[str]:
 
 
 def ablation_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    head = ["run", "minutes", "checkpoints, examples", *(title for _, title in MATCHES)]
+    head = ["run", "minutes", "newest checkpoint, examples", *(title for _, title in MATCHES)]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, r in rows:
         label = RUNS[name][0] if name in RUNS else f"`{shlex.join(flags(r.get('argv', [])))}`"
         cells = [
             label,
             f"{r['pipeline_s'] / 60:.0f}",
-            f"{r['checkpoints']}, {r['examples']:,}",
+            f"{r['newest_checkpoint']}, {r['examples']:,}",
             *(cell(r.get(key)) for key, _ in MATCHES),
         ]
         lines.append("| " + " | ".join(cells) + " |")
