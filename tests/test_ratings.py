@@ -13,6 +13,7 @@ import pytest
 import redis
 from conftest import REPO_ROOT, TEST_PREFIX, RedisServer, tiny_env
 
+from hexz_tasks import hexz_pb2
 from hexz_tasks.arena import store_game, stored_matches
 from hexz_tasks.evaluation import (
     make_heldout,
@@ -294,6 +295,38 @@ def test_promotion_gating(tmp_path: Path, redis_client: redis.Redis) -> None:
 
     ungated = s.replace(promotion_min_score=None)
     assert chosen_checkpoint(ungated, redis_client, KEYS) == ("evalm", 1)  # the newest published
+
+
+def test_gating_still_accepts_examples_of_checkpoints_newer_than_the_promoted_one(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    """Workers told to play the promoted checkpoint 0 may still send examples of the
+    newest published one (e.g. started before gating held it back)."""
+    from test_server_support import game_examples
+
+    from hexz_tasks.server.grpc_service import TrainingService
+    from hexz_tasks.training_tick import restore_trainer_state
+
+    s = tiny_settings(tmp_path, promotion_min_score=1.0)
+    repo = make_checkpoints(s, 2)
+    restore_trainer_state(s, redis_client, KEYS, repo)  # publishes 1, sets up the stream
+    state = ServerState(s, redis_client, KEYS)
+    assert state.selfplay_model_key().checkpoint == 0
+    service = TrainingService(state)
+    Status = hexz_pb2.AddTrainingExamplesResponse.Status
+
+    def add(checkpoint: int) -> hexz_pb2.AddTrainingExamplesResponse:
+        key = hexz_pb2.ModelKey(name="evalm", checkpoint=checkpoint)
+        request = hexz_pb2.AddTrainingExamplesRequest(
+            examples=game_examples(seed=checkpoint, model_key=key)
+        )
+        return service.AddTrainingExamples(request, None)  # no abort on this path
+
+    accepted = add(1)
+    assert accepted.status == Status.ACCEPTED, accepted.error_message
+    assert accepted.latest_model.checkpoint == 0  # still told to play the promoted one
+    refused = add(2)  # newer than anything published
+    assert refused.status == Status.REJECTED_OTHER and "checkpoint" in refused.error_message
 
 
 def test_gate_keeps_the_current_model_when_the_challenger_scores_too_little(
