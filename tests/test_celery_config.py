@@ -90,6 +90,17 @@ def test_reliability_settings_and_limits_below_the_visibility_timeout() -> None:
     assert conf["broker_connection_retry_on_startup"] is True
 
 
+def test_ticks_are_acknowledged_on_receipt_and_slices_late() -> None:
+    """A broker reconnect cancels the running late-acknowledged tasks (their messages come
+    back): fine for a slice or a match, not for an hour of training."""
+    from hexz_tasks import arena_tasks, tasks
+
+    assert not tasks.train.acks_late and not tasks.train.reject_on_worker_lost
+    assert not arena_tasks.evaluate.acks_late
+    assert tasks.selfplay.acks_late and tasks.selfplay.reject_on_worker_lost
+    assert arena_tasks.match.acks_late
+
+
 def test_time_limit_must_stay_below_the_visibility_timeout() -> None:
     with pytest.raises(SettingsError, match="HEXZ_TASK_TIME_LIMIT_S"):
         Settings.from_env({"HEXZ_TASK_TIME_LIMIT_S": "600", "HEXZ_VISIBILITY_TIMEOUT_S": "500"})
