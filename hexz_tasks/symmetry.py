@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from hexz_tasks.dataset import Batch
+from hexz_tasks.codec import Batch
 
 ROWS, COLS = 11, 10
 CELLS = ROWS * COLS
