@@ -15,7 +15,14 @@ import pytest
 import redis
 import requests
 import torch
-from conftest import TEST_PREFIX, Procs, RedisServer, tiny_env, wait_for_examples_to_settle
+from conftest import (
+    TEST_PREFIX,
+    Procs,
+    RedisServer,
+    tiny_env,
+    wait_for,
+    wait_for_examples_to_settle,
+)
 from synthetic import game_columns
 
 from hexz_tasks.celery import celery_config, make_app
@@ -162,7 +169,8 @@ def test_a_training_killed_by_its_soft_time_limit_is_discarded_and_not_started_a
     first = app.send_task(TRAIN_TASK)
     first.get(timeout=120, propagate=False)
     assert first.state == "FAILURE" and type(first.result).__name__ == "SoftTimeLimitExceeded"
-    assert "SoftTimeLimitExceeded" in worker.log()
+    # The worker logs the failure after it stored the result: wait for the line.
+    wait_for(lambda: "SoftTimeLimitExceeded" in worker.log(), 30, "the worker's log line")
     assert repo.checkpoints() == [0]
     assert [p.name for p in repo.checkpoints_dir.iterdir() if p.name.startswith(".tmp")] == []
     assert not r.exists(KEYS.training_lock) and not r.exists(KEYS.training_active)
