@@ -21,6 +21,7 @@ import zipfile
 from collections.abc import Sequence
 
 import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
 
 from hexz_tasks import codec, hexz_pb2
 from hexz_tasks.codec import reject_first
@@ -60,6 +61,8 @@ def decode_array(data: bytes, encoding: int, what: str) -> np.ndarray:
             return _load_npy(data)
         if encoding == PYTORCH:
             return _load_torch(data)
+    except SoftTimeLimitExceeded:  # the task's time is up: the bytes are not bad
+        raise
     except Exception as e:  # numpy/torch raise many types for corrupt bytes
         raise ValueError(f"{what}: cannot decode array bytes: {e}") from e
     raise ValueError(f"{what}: unknown encoding {encoding}")

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from celery.exceptions import SoftTimeLimitExceeded
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -236,6 +237,8 @@ class Evaluator:
                 raise ValueError("mode onnx runs on the CPU only")
             try:
                 forward = _onnx_forward(fast)
+            except SoftTimeLimitExceeded:  # the task's time is up: not an ONNX failure
+                raise
             except Exception as e:  # missing packages or an export failure: use torch
                 log.warning("ONNX Runtime path unavailable (%s); using folded_cl", e)
                 mode = "folded_cl"

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 import torch
+from celery.exceptions import SoftTimeLimitExceeded
 
 from hexz_tasks.files import fsync_dir, write_synced
 from hexz_tasks.keys import Keys
@@ -180,6 +181,8 @@ class ModelRepository:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
+        except SoftTimeLimitExceeded:  # the task's time is up: the file is not corrupt
+            raise
         except Exception as e:  # torch raises many types for corrupt files
             raise CheckpointError(f"corrupt checkpoint file {path}: {e}") from e
         return model.to(device)
@@ -190,6 +193,8 @@ class ModelRepository:
             return None
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
+        except SoftTimeLimitExceeded:
+            raise
         except Exception as e:
             raise CheckpointError(f"corrupt checkpoint file {path}: {e}") from e
 

@@ -10,16 +10,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
+import torch
+from celery.exceptions import SoftTimeLimitExceeded
 from conftest import TEST_PREFIX, Proc, Procs, RedisServer, tiny_env, wait_for
 
+from hexz_tasks import inference
 from hexz_tasks.arena import stored_games as arena_games
 from hexz_tasks.arena import stored_matches
 from hexz_tasks.celery import make_app
 from hexz_tasks.evaluation import heldout_set, match_id, record_metrics
+from hexz_tasks.examples import PYTORCH, decode_array, torch_bytes
 from hexz_tasks.keys import Keys
-from hexz_tasks.model import make_model
+from hexz_tasks.model import ModelParams, make_model
 from hexz_tasks.queues import ARENA_TASK, EVAL_QUEUE, EVALUATE_TASK, SELFPLAY_QUEUE, SELFPLAY_TASK
 from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
@@ -134,3 +139,29 @@ def test_an_arena_match_cut_by_its_soft_limit_keeps_the_games_it_finished(
     summary = app.send_task(ARENA_TASK, args=["mcts:4", "random", 2, 4, 1]).get(timeout=90)
     assert summary["games"] == 2
     app.close()
+
+
+def _cut(*_: Any, **__: Any) -> Any:
+    raise SoftTimeLimitExceeded()
+
+
+def test_a_soft_limit_inside_a_load_is_not_reported_as_a_bad_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a load catches every error to name the bad file, the limit still passes
+    through: a cut task must fail as cut, not as a corrupt checkpoint, bad example bytes
+    or a missing ONNX Runtime (the last one played a whole match past its limit)."""
+    repo = ModelRepository(tmp_path, "m")
+    repo.ensure_initial(ModelParams("conv2d", 1, 8))
+    net = repo.load_model(0)
+    monkeypatch.setattr(torch, "load", _cut)
+    with pytest.raises(SoftTimeLimitExceeded):
+        repo.load_model(0)
+    (repo.checkpoint_dir(0) / "optimizer.pt").write_bytes(b"x")
+    with pytest.raises(SoftTimeLimitExceeded):
+        repo.load_optimizer_state(0)
+    with pytest.raises(SoftTimeLimitExceeded):
+        decode_array(torch_bytes(np.zeros(3, np.float32)), PYTORCH, "board")
+    monkeypatch.setattr(inference, "_onnx_forward", _cut)
+    with pytest.raises(SoftTimeLimitExceeded):
+        inference.Evaluator(net, mode="onnx")
