@@ -100,13 +100,21 @@ def suggest_move(
     with a clear message for bad input. Pass an inference.Evaluator to reuse it across
     requests (building one from a module or file takes a second or more).
     """
+    return answer(model, parse_request(bytes(request)), settings)
+
+
+def answer(
+    model: Evaluate | torch.nn.Module | str | Path | bytes,
+    req: hexz_pb2.SuggestMoveRequest,
+    settings: Settings | None = None,
+) -> bytes:
+    """suggest_move for a request parse_request has checked."""
     from hexz_tasks._search import Search
     from hexz_tasks.engine import Board
     from hexz_tasks.inference import as_evaluator
     from hexz_tasks.selfplay import search_kwargs
 
     settings = settings if settings is not None else Settings.from_env()
-    req = parse_request(bytes(request))
     board, player = Board.from_proto(req.game_engine_state.SerializeToString())
     if not board.has_legal_move(player):
         raise ValueError("player to move has no legal move")
@@ -119,7 +127,8 @@ def suggest_move(
     if board.num_legal_moves(player) == 1:
         iterations = 1
     evaluator = as_evaluator(model, settings.device)
-    search = Search(board, player, zlib.crc32(bytes(request)), **search_kwargs(settings))
+    seed = zlib.crc32(req.SerializeToString(deterministic=True))
+    search = Search(board, player, seed, **search_kwargs(settings))
     search.run(evaluator, iterations, greedy=True, deadline=time.monotonic() + think_ms / 1000.0)
     children = search.children()
     visits = children["visits"].astype(np.float64)

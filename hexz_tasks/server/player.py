@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hexz_tasks.settings import Settings
-from hexz_tasks.suggest import ClientError, cap_request, parse_request
+from hexz_tasks.suggest import ClientError, answer, cap_request, parse_request
 
 # How long a request waits for a free search slot before it is told to come back:
 # waiting longer would hold an HTTP or gRPC thread for a search that has not started.
@@ -68,11 +68,9 @@ class CpuPlayer:
                 self.active += 1
             waited_ms = int((time.monotonic() - start) * 1000)
             capped = cap_request(req, self.settings, waited_ms)
-            from hexz_tasks.suggest import suggest_move
-
             model = self._model()
             try:
-                out = suggest_move(model, capped.SerializeToString(), self.settings)
+                out = answer(model, capped, self.settings)
             except ValueError as e:
                 self._count("rejected")
                 raise ClientError(str(e)) from None
