@@ -248,3 +248,26 @@ def test_suspend_while_training_pauses_a_slice_in_process(
     r.delete(KEYS.training_active)
     out = process.run_slice(r, KEYS, 1.5)
     assert out["batches"] > 0 and out["stored"] > 0 and process.state == "playing"
+
+
+def test_the_first_model_load_waits_past_a_model_it_cannot_load(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A published key whose bytes are gone (retired) or do not load (a bad upload): the
+    process waits, as for no model at all, and plays once a loadable one is chosen."""
+    from hexz_tasks.selfplay_worker import SelfPlayProcess
+
+    _, settings, r = setup(redis_server, tmp_path)
+    good = r.get(KEYS.latest_model)
+    assert good is not None
+    r.set(KEYS.latest_model, json.dumps({"name": settings.model_name, "checkpoint": 7}))
+    process = SelfPlayProcess(settings)
+    for bad in (None, b"not a model"):
+        if bad is not None:
+            r.set(KEYS.model_bytes(settings.model_name, 7), bad)
+        out = process.run_slice(r, KEYS, 1.5)
+        assert out["checkpoint"] is None and out["batches"] == 0, out
+        assert process.state == "waiting for a model"
+    r.set(KEYS.latest_model, good)
+    out = process.run_slice(r, KEYS, 1.5)
+    assert out["checkpoint"] == 0 and out["batches"] > 0, out
