@@ -405,7 +405,7 @@ def test_redis_restart_during_a_run_loses_no_acknowledged_example_and_workers_re
         visibility_timeout_s=45,
     )
     publish_checkpoint_0(settings, r, keys)
-    procs.worker("selfplay", "selfplay", env)
+    worker = procs.worker("selfplay", "selfplay", env)
     wait_for(lambda: selfplay_worker_ready(r, keys), 60, "the selfplay worker")
     app = make_app(settings)
     for i in range(3):
@@ -434,6 +434,16 @@ def test_redis_restart_during_a_run_loses_no_acknowledged_example_and_workers_re
              "the slices to end")  # fmt: skip
     assert_each_game_once(r, keys)
     assert counters(r, keys)["examples"] == sum(n for _, n in stream_entries(r, keys))
+    # The worker saw the connection drop and cancelled the running slice (SIGTERM to its
+    # pool process, which ends the slice after its batch, "stopped"); the process lived
+    # on with its games in flight: one self-play process stored every game.
+    log = worker.log()
+    assert "Connection to broker lost" in log
+    assert "cannot be acknowledged after a connection loss" in log
+    assert "'stopped': True" in log
+    by_process = games_by_process(r, keys)
+    by_process.pop("synthetic-99", None)
+    assert len(by_process) == 1, by_process
     app.close()
 
 
