@@ -1,15 +1,16 @@
 """The ablation study of issue 14: learning-benchmark runs back to back, and their tables.
 
 Each run is bench/learning.py with flags (RUNS): the recommended configuration (`hexz run`'s
-quick start, QUICKSTART in hexz_tasks/launcher.py), the same without one of its parts,
-30 minutes each, and one 2-hour run of the recommended configuration. Each run writes
+quick start, QUICKSTART in hexz_tasks/launcher.py), the same with the ablations' matches,
+the same without one of its parts, 30 minutes each, and one 2-hour run of the recommended
+configuration. Each run writes
 RESULTS/<name>.json (the benchmark's JSON object) and RESULTS/<name>.log; a run whose
 JSON exists is skipped, so an interrupted study resumes where it stopped. Run it on a
 quiet machine: the pipeline's throughput (and so the strength reached in the time)
 depends on the load, the arena's scores do not.
 
     python bench/ablations.py list                   # the command of each run
-    python bench/ablations.py run RESULTS [NAME...]  # all runs (~8 hours) or the named
+    python bench/ablations.py run RESULTS [NAME...]  # all runs (~9 hours) or the named
     python bench/ablations.py table RESULTS          # README tables from RESULTS/*.json
 """
 
@@ -29,6 +30,9 @@ LEARNING = ROOT / "bench" / "learning.py"
 # name -> (what the run changes, its bench/learning.py flags); the first is the reference.
 RUNS: dict[str, tuple[str, list[str]]] = {
     "recommended": ("the quick start (recommended)", []),
+    # The quick start again with the ablations' matches: their reference when the study
+    # runs on a machine of another speed than the recommended run's.
+    "reference": ("the quick start, the ablations' matches", []),
     "no-symmetry": ("without symmetry", ["--symmetry", "off"]),
     "fpu-reference": ("the reference's first-play urgency", ["--fpu", "reference"]),
     "no-value-mix": ("value target: the result only", ["--set", "VALUE_TARGET_Q_WEIGHT=0"]),
