@@ -8,7 +8,8 @@
   ``arena_interval_s``; bounded to one match per tick.
 
 Torch and the engine are imported inside the tasks: the worker's parent process forks
-its pool and must not load them first.
+its pool and must not load them first (each pool process imports them as it starts,
+hexz_tasks.celery.import_task_modules).
 """
 
 from __future__ import annotations

@@ -15,11 +15,13 @@ Reliability choices (see shared/reference/celery-redis-practices.md):
 - Stopping: a worker told to stop (SIGTERM) raises hexz_tasks.stop_flag, and a running
   self-play slice returns after its current batch, so the warm shutdown acknowledges
   it within seconds.
-- Nothing here touches torch or CUDA: the worker's parent process forks its pool.
+- Nothing here touches torch or CUDA: the worker's parent process forks its pool. Each
+  pool process imports what the tasks run before it takes one (:func:`import_task_modules`).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -51,6 +53,21 @@ from hexz_tasks.worker_registry import WORKER_REFRESH_S, forget_dead_local_tasks
 
 log = logging.getLogger(__name__)
 
+# What the tasks import inside their functions (torch, the engine, the training loop).
+TASK_MODULES = (
+    "hexz_tasks.selfplay_worker",
+    "hexz_tasks.training",
+    "hexz_tasks.dataset",
+    "hexz_tasks.store",
+    "hexz_tasks.repository",
+    "hexz_tasks.arena",
+    "hexz_tasks.evaluation",
+)
+# How long a new pool process may take to start, its imports included (Celery's default,
+# 4 s, is less than a cold `import torch` on a slow disk: the process would be killed and
+# restarted in a loop).
+POOL_PROCESS_START_S = 120
+
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting of the project, derived from `settings`."""
@@ -78,6 +95,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "worker_proc_alive_timeout": POOL_PROCESS_START_S,
         "task_time_limit": hard,
         "task_soft_time_limit": SOFT_LIMIT_FRACTION * hard,
         # The visibility timeout, in the three places the Redis transport reads it.
@@ -142,6 +160,18 @@ def make_app(settings: Settings) -> Celery:
     app.conf.update(celery_config(settings))
     app.steps["worker"].add(WorkerRegistry)
     return app
+
+
+@signals.worker_process_init.connect(weak=False)
+def import_task_modules(**_: Any) -> None:
+    """Imports the tasks' modules in each pool process as it starts, outside any task.
+
+    Imported by the first task instead, a slow `import torch` (seconds on a cold disk) can
+    be cut by the task's soft time limit, which leaves torch half-initialised in
+    sys.modules: every later task of that process fails.
+    """
+    for name in TASK_MODULES:
+        importlib.import_module(name)
 
 
 # The worker's main process raises the stop flag when its shutdown starts (pool children

@@ -142,6 +142,11 @@ class Settings:
     value_target_q_weight: float = 0.0
     # Seconds between beat ticks of the training task.
     training_check_interval_s: float = 5.0
+    # The training lock's lifetime unless its holder refreshes it (every third of it): a
+    # killed trainer blocks the next training for at most this long. Short enough that a
+    # replaced gpu worker trains on one of its first ticks, long enough that a trainer
+    # whose Redis stalls for a few seconds keeps its lock.
+    training_lock_ttl_s: float = 20.0
 
     # --- Arena and ratings (hexz_tasks.arena, hexz_tasks.ratings) ---
     # Runs (or pure-MCTS playouts) per move and games per match (even: each board is
@@ -280,6 +285,7 @@ class Settings:
         for name in [
             "learning_rate",
             "training_check_interval_s",
+            "training_lock_ttl_s",
             "arena_interval_s",
             "selfplay_slice_s",
         ]:

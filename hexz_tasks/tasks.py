@@ -8,7 +8,8 @@
 - The self-play feeder (hexz_tasks.feeder) runs inside beat, see hexz_tasks.celery.
 
 Heavy imports (torch, the engine) happen inside the functions: the worker's parent
-process must not load them before it forks its pool.
+process must not load them before it forks its pool (each pool process imports them as it
+starts, hexz_tasks.celery.import_task_modules).
 """
 
 from __future__ import annotations

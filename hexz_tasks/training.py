@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from hexz_tasks import tensorboard_events
 from hexz_tasks.dataset import Dataset, Window
-from hexz_tasks.repository import ModelRepository, params_from_settings
+from hexz_tasks.repository import ModelRepository, NotOwnerError, params_from_settings
 from hexz_tasks.settings import Settings, parse_lr_schedule
 from hexz_tasks.store import ExampleStore
 from hexz_tasks.symmetry import random_symmetries
@@ -155,6 +155,7 @@ def train_once(
     *,
     dataset: Dataset | None = None,
     still_owner: Callable[[], bool] | None = None,
+    lock_lost: Callable[[], bool] | None = None,
 ) -> dict[str, Any] | None:
     """Trains checkpoint latest+1 if enough new examples arrived; returns its stats or None.
 
@@ -162,7 +163,9 @@ def train_once(
     tick's part (training_tick.run_training_tick): this stays a plain function of store and
     disk.
     `still_owner` (e.g. "this process still holds the training lock") is checked right
-    before the new checkpoint appears (ModelRepository.save). Afterwards the disk
+    before the new checkpoint appears (ModelRepository.save); `lock_lost` (a local flag,
+    checked after every step) stops a training whose lock went to another trainer at
+    once, with NotOwnerError, rather than hours later at its save. Afterwards the disk
     retention policy runs (hexz_tasks.retention).
     The trainer's TensorBoard events are written here too (hexz_tasks.tensorboard_events).
     """
@@ -179,7 +182,14 @@ def train_once(
         return None
     pipeline = tensorboard_events.pipeline_scalars(store.redis, store.keys, base_stats.get("end"))
     stats = train_checkpoint(
-        settings, repo, dataset, base, total, pipeline=pipeline, still_owner=still_owner
+        settings,
+        repo,
+        dataset,
+        base,
+        total,
+        pipeline=pipeline,
+        still_owner=still_owner,
+        lock_lost=lock_lost,
     )
     store.set_trained(total)
     if settings.retention:
@@ -198,6 +208,7 @@ def train_checkpoint(
     *,
     pipeline: dict[str, float] | None = None,
     still_owner: Callable[[], bool] | None = None,
+    lock_lost: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Trains checkpoint base+1 from the dataset's newest examples and saves it (no trigger
     check, no draining); `total` is the store's example count recorded in its stats.
@@ -277,6 +288,11 @@ def train_checkpoint(
             (policy_loss + value_loss).backward()
             optimizer.step()
             step += 1
+            if lock_lost is not None and lock_lost():
+                raise NotOwnerError(
+                    f"training lock lost at step {i + 1} of {len(batches)}: "
+                    f"checkpoint {base + 1} abandoned"
+                )
             b = len(targets)
             samples += b
             epoch_samples += b

@@ -36,13 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The training lock lives this long unless its holder refreshes it (every third of it):
-# a killed trainer blocks the next training for at most this long.
-LOCK_TTL_S = 20.0
-
 
 class TrainingHeartbeat:
-    """Refreshes the training lock and Keys.training_active while training runs.
+    """Refreshes the training lock and Keys.training_active while training runs, every
+    third of `ttl_s`.
 
     Both expire by themselves if this process dies, so the next tick can train.
     """
@@ -53,17 +50,19 @@ class TrainingHeartbeat:
         r: redis.Redis,
         keys: Keys,
         active: str,
+        ttl_s: float,
         on_beat: Callable[[], None] | None = None,
     ) -> None:
         """`on_beat` is called on every refresh too (the store's rebase)."""
         self.lock, self.r, self.keys, self.active = lock, r, keys, active
+        self.ttl_ms = int(ttl_s * 1000)
         self.on_beat = on_beat
         self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="training-heartbeat", daemon=True)
 
     def __enter__(self) -> TrainingHeartbeat:
-        self.r.set(self.keys.training_active, self.active, px=int(LOCK_TTL_S * 1000))
+        self.r.set(self.keys.training_active, self.active, px=self.ttl_ms)
         self._thread.start()
         return self
 
@@ -77,10 +76,10 @@ class TrainingHeartbeat:
         return not self.lost and bool(self.lock.owned())
 
     def _run(self) -> None:
-        while not self._stop.wait(LOCK_TTL_S / 3):
+        while not self._stop.wait(self.ttl_ms / 3000):
             try:
                 self.lock.reacquire()
-                self.r.pexpire(self.keys.training_active, int(LOCK_TTL_S * 1000))
+                self.r.pexpire(self.keys.training_active, self.ttl_ms)
             except redis.exceptions.LockError:
                 log.error("lost the training lock: this training will not be published")
                 self.lost = True
@@ -162,7 +161,12 @@ def run_training_tick(
     dataset = Dataset(repo.examples_store_dir)
     if not should_train(settings, store):
         return {"trained": False, "reason": "below threshold", "checkpoint": base}
-    lock = r.lock(keys.training_lock, timeout=LOCK_TTL_S, blocking=False, thread_local=False)
+    lock = r.lock(
+        keys.training_lock,
+        timeout=settings.training_lock_ttl_s,
+        blocking=False,
+        thread_local=False,
+    )
     if not lock.acquire(blocking=False):
         return {"trained": False, "reason": "another training is running", "checkpoint": base}
     try:
@@ -184,12 +188,22 @@ def run_training_tick(
             }
         )
         with TrainingHeartbeat(
-            lock, r, keys, active, on_beat=lambda: rebase_store(store, repo, dataset)
+            lock,
+            r,
+            keys,
+            active,
+            settings.training_lock_ttl_s,
+            on_beat=lambda: rebase_store(store, repo, dataset),
         ) as heartbeat:
             _event(r, keys, "training_started", base)
             try:
                 stats = train_once(
-                    settings, store, repo, dataset=dataset, still_owner=heartbeat.owns
+                    settings,
+                    store,
+                    repo,
+                    dataset=dataset,
+                    still_owner=heartbeat.owns,
+                    lock_lost=lambda: heartbeat.lost,
                 )
                 if stats is not None and heartbeat.lost:
                     raise RuntimeError("training lock lost while training; not publishing")

@@ -35,12 +35,19 @@ from hexz_tasks.queues import SELFPLAY_QUEUE, SELFPLAY_TASK, TRAIN_TASK
 from hexz_tasks.repository import ModelRepository
 from hexz_tasks.settings import Settings
 from hexz_tasks.store import ExampleStore
-from hexz_tasks.training_tick import LOCK_TTL_S, restore_trainer_state
+from hexz_tasks.training_tick import restore_trainer_state
 
 pytestmark = pytest.mark.slow
 
-# Training tests: time limits far above what a loaded 2-core machine needs.
-LONG_TASKS = {"task_time_limit_s": 300, "training_time_limit_s": 300, "visibility_timeout_s": 330}
+# Training tests: time limits far above what a loaded 2-core machine needs, and a short
+# training lock, refreshed every 2 s, whose expiry after a killed trainer the tests await.
+LOCK_TTL_S = 6
+LONG_TASKS = {
+    "task_time_limit_s": 300,
+    "training_time_limit_s": 300,
+    "visibility_timeout_s": 330,
+    "training_lock_ttl_s": LOCK_TTL_S,
+}
 
 
 def setup(

@@ -34,7 +34,6 @@ from hexz_tasks.worker_registry import live_progress
 pytestmark = pytest.mark.slow
 
 KEYS = Keys(TEST_PREFIX)
-CUT = {"soft_time_limit": 2, "time_limit": 30}  # per call: far below the configured limits
 
 
 def setup(
@@ -48,10 +47,13 @@ def setup(
     return env, settings, r, repo
 
 
-def cut_short(app: Any, worker: Proc, task: str, args: list, task_id: str) -> None:
-    """Sends `task` with a 2 s soft limit; waits until the worker reports it ended by it
-    (from its log: self-play slices store no result)."""
-    app.send_task(task, args=args, task_id=task_id, **CUT)
+def cut_short(
+    app: Any, worker: Proc, task: str, args: list, task_id: str, soft_limit_s: float = 2
+) -> None:
+    """Sends `task` with a short soft limit (per call: far below the configured limits);
+    waits until the worker reports it ended by it (from its log: self-play slices store no
+    result)."""
+    app.send_task(task, args=args, task_id=task_id, soft_time_limit=soft_limit_s, time_limit=30)
     wait_for(
         lambda: f"[{task_id}] raised unexpected: SoftTimeLimitExceeded" in worker.log(),
         90,
@@ -136,6 +138,21 @@ def test_an_arena_match_cut_by_its_soft_limit_keeps_the_games_it_finished(
     assert len([g for g in arena_games(r, KEYS) if g["match"] == "cut"]) < 40
     assert "cut" not in stored_matches(r, KEYS)
     # The pool process lives on: the next match runs.
+    summary = app.send_task(ARENA_TASK, args=["mcts:4", "random", 2, 4, 1]).get(timeout=90)
+    assert summary["games"] == 2
+    app.close()
+
+
+def test_a_soft_limit_on_a_fresh_pool_process_first_task_does_not_break_the_process(
+    redis_server: RedisServer, tmp_path: Path, procs: Procs
+) -> None:
+    """The limit strikes well inside the time `import torch` takes (1-2 s warm, more on a
+    cold disk): the pool process must have imported the tasks' modules before its first
+    task, or the cut import leaves torch half-initialised and every later task fails."""
+    env, settings, _, _ = setup(redis_server, tmp_path)
+    worker = procs.worker("eval", EVAL_QUEUE, env)
+    app = make_app(settings)
+    cut_short(app, worker, ARENA_TASK, ["mcts:200", "mcts:200", 40, 200, 5], "cut", 0.2)
     summary = app.send_task(ARENA_TASK, args=["mcts:4", "random", 2, 4, 1]).get(timeout=90)
     assert summary["games"] == 2
     app.close()

@@ -1,9 +1,11 @@
 """A trainer that lost its lock leaves no checkpoint behind: ownership is checked right
-before the rename that makes a checkpoint appear (real Redis, real training)."""
+before the rename that makes a checkpoint appear, and a training whose lock heartbeat finds
+the lock taken stops at its next step (real Redis, real training)."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -54,8 +56,8 @@ def test_a_trainer_whose_lock_expires_mid_training_leaves_no_checkpoint(
     redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     """While the tick trains, its lock passes to another trainer (as when it expires
-    and is taken): the tick fails, and neither checkpoint 1 nor the trained counter
-    nor a published model appears."""
+    and is taken): the tick stops mid-training and fails, and neither checkpoint 1 nor
+    the trained counter nor a published model appears."""
     from hexz_tasks.tasks import run_training_tick
 
     torch.set_num_threads(1)
@@ -70,6 +72,7 @@ def test_a_trainer_whose_lock_expires_mid_training_leaves_no_checkpoint(
         batch_size=16,
         num_epochs=60,
         training_trigger_threshold=100,
+        training_lock_ttl_s=3,  # refreshed, and so found taken, every second
     )
     store = ExampleStore(redis_client, keys, settle_ms=0)
     for i, cols in enumerate(game_columns(8, seed=3, runs=20, max_moves=60)):
@@ -90,6 +93,8 @@ def test_a_trainer_whose_lock_expires_mid_training_leaves_no_checkpoint(
     t.join(120)
     assert not t.is_alive()
     assert isinstance(outcome.get("error"), NotOwnerError), outcome
+    stopped = re.search(r"lock lost at step (\d+) of (\d+)", str(outcome["error"]))
+    assert stopped and int(stopped[1]) < int(stopped[2])  # at a step, not at its save
     repo = ModelRepository(settings.repo_base_dir, settings.model_name)
     assert repo.checkpoints() == [0]
     assert _leftovers(repo) == []
