@@ -44,7 +44,7 @@ if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py -newer "$stamp")" ]
   touch "$stamp"
 fi
 # Rebuilds the engine only where C++ or Cython sources changed since the last build.
-python setup.py --quiet build_ext --inplace
+python setup.py --quiet build_ext --inplace --parallel "$(nproc)"
 
 case "${1:-}" in
   run) shift; exec hexz run "$@" ;;

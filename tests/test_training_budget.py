@@ -179,7 +179,8 @@ def test_a_training_killed_by_its_soft_time_limit_is_discarded_and_not_started_a
         "training_done",
     ]
     timeout = json.loads(r.get(KEYS.training_timeout))
-    assert timeout["checkpoint"] == 0 and 0 < timeout["seconds"] < SOFT_LIMIT_FRACTION * 5
+    # Cut near the soft limit: its timer fires a little late, the hard limit bounds it.
+    assert timeout["checkpoint"] == 0 and SOFT_LIMIT_FRACTION * 5 / 2 < timeout["seconds"] < 5
     budget = gather_status(settings, r, inspect_timeout=0)["training"]["budget"]
     assert budget["level"] == TIMED_OUT and "hit its soft time limit" in budget["message"]
 
