@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from hexz_tasks.errors import ModelError
@@ -12,6 +14,12 @@ from hexz_tasks.settings import Settings, SettingsError
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hexz", description=__doc__)
+    p.add_argument(
+        "--quick-start",
+        action="store_true",
+        help="add `hexz run`'s quick-start settings where no HEXZ_* variable is set (e.g. "
+        "`hexz --quick-start arena 10 54` searches as that pipeline's evaluation did)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser(
@@ -64,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = Settings.from_env()
+        settings = settings_for(args.quick_start, os.environ)
     except SettingsError as e:
         print(f"hexz: {e}", file=sys.stderr)
         return 2
@@ -73,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ModelError, FileNotFoundError, ConnectionError) as e:
         print(f"hexz {args.command}: {e}", file=sys.stderr)
         return 1
+
+
+def settings_for(quick_start: bool, environ: Mapping[str, str]) -> Settings:
+    """The settings of `environ`, with the quick start's where it sets none if asked."""
+    if quick_start:
+        from hexz_tasks.launcher import pipeline_env
+
+        environ = pipeline_env(environ)
+    return Settings.from_env(environ)
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:

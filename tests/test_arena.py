@@ -307,6 +307,20 @@ def test_hexz_arena_cli_plays_prints_and_stores(tmp_path: Path, redis_server: Re
     assert bad.returncode == 1 and "'nobody' is not a checkpoint number" in bad.stderr
     odd = cli(env, "arena", "mcts", "random", "--games", "3")
     assert odd.returncode == 1 and "even" in odd.stderr
+    quick = cli(env, "--quick-start", "arena", "mcts:8", "random", "--games", "2", "--runs", "8")
+    assert quick.returncode == 0 and "mcts:8 vs random: score" in quick.stdout, quick.stderr
+
+
+def test_quick_start_flag_adds_hexz_runs_settings_where_the_environment_sets_none() -> None:
+    from hexz_tasks.cli import settings_for
+    from hexz_tasks.launcher import QUICKSTART
+
+    environ = {"HEXZ_RANDOM_PLAYOUTS": "3", "PATH": "/usr/bin"}
+    quick, plain = settings_for(True, environ), settings_for(False, environ)
+    assert quick.random_playouts == plain.random_playouts == 3  # the environment wins
+    assert quick.runs_per_move == int(QUICKSTART["HEXZ_RUNS_PER_MOVE"]) != plain.runs_per_move
+    assert quick.train_symmetries and not plain.train_symmetries
+    assert quick == Settings.from_env({**QUICKSTART, **environ})
 
 
 def test_the_match_task_runs_on_an_eval_worker(
