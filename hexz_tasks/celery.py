@@ -53,13 +53,11 @@ from hexz_tasks.worker_registry import WORKER_REFRESH_S, forget_dead_local_tasks
 
 log = logging.getLogger(__name__)
 
-# What the tasks import inside their functions (torch, the engine, the training loop).
+# What the tasks import inside their functions; these pull in the rest (torch, the
+# engine, the store, the dataset).
 TASK_MODULES = (
     "hexz_tasks.selfplay_worker",
     "hexz_tasks.training",
-    "hexz_tasks.dataset",
-    "hexz_tasks.store",
-    "hexz_tasks.repository",
     "hexz_tasks.arena",
     "hexz_tasks.evaluation",
 )
